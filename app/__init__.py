@@ -1,0 +1,57 @@
+"""QueueNet web tier: a Flask app that queues images for the model workers.
+
+Never imports TensorFlow: images are prepared with Pillow from the recipe in the model card
+that the workers publish in Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from flask import Flask, Response, g, request
+
+from app.errors import register_error_handlers
+from app.queueing import PredictionService
+from app.settings import AppSettings
+from app.views import bp
+from protocol.connection import connect
+from protocol.keys import Keys
+from protocol.queue import Queue
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: AppSettings | None = None) -> Flask:
+    """Build the app; production reads the environment, tests pass ``settings`` in."""
+    settings = settings or AppSettings.from_env(os.environ)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
+    # A deadline of predict_timeout_s on the server-side BLPOP; the socket may wait that long.
+    client = connect(settings.redis, blocking_timeout_s=settings.predict_timeout_s)
+    queue = Queue(client, Keys(settings.redis.namespace))
+    app.extensions["redis"] = client
+    app.extensions["queuenet.settings"] = settings
+    app.extensions["queuenet.service"] = PredictionService(queue, max_queue=settings.max_queue)
+    app.register_blueprint(bp)
+    register_error_handlers(app)
+    app.before_request(_start_timer)
+    app.after_request(_log_request)
+    return app
+
+
+def _start_timer() -> None:
+    g.started = time.monotonic()
+
+
+def _log_request(response: Response) -> Response:
+    elapsed_ms = (time.monotonic() - g.get("started", time.monotonic())) * 1000.0
+    logger.info(
+        "request %s %s status=%d ms=%.1f",
+        request.method,
+        request.path,
+        response.status_code,
+        elapsed_ms,
+    )
+    return response

@@ -1,0 +1,97 @@
+"""API errors and the handlers that turn every error into the same JSON body.
+
+``{"success": false, "error": {"code": "...", "message": "..."}}`` with the matching status,
+for our own errors, for Werkzeug's routing errors (404, 405, 413) and for anything unexpected.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+logger = logging.getLogger(__name__)
+
+
+class APIError(Exception):
+    status_code = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, *, retry_after_s: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after_s = retry_after_s
+
+
+class InvalidRequestError(APIError):
+    status_code = 400
+    code = "invalid_request"
+
+
+class InvalidImageError(APIError):
+    status_code = 400
+    code = "invalid_image"
+
+
+class QueueFullError(APIError):
+    status_code = 503
+    code = "queue_full"
+
+
+class QueueUnavailableError(APIError):
+    status_code = 503
+    code = "queue_unavailable"
+
+
+class ModelUnavailableError(APIError):
+    status_code = 503
+    code = "model_unavailable"
+
+
+class PredictionTimeoutError(APIError):
+    status_code = 504
+    code = "prediction_timeout"
+
+
+class PredictionFailedError(APIError):
+    status_code = 500
+    code = "prediction_failed"
+
+    def __init__(self, message: str, *, code: str = "prediction_failed") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def error_response(status: int, code: str, message: str) -> Response:
+    response = jsonify({"success": False, "error": {"code": code, "message": message}})
+    response.status_code = status
+    return response
+
+
+def _handle_api_error(error: APIError) -> Response:
+    response = error_response(error.status_code, error.code, error.message)
+    if error.retry_after_s is not None:
+        response.headers["Retry-After"] = str(error.retry_after_s)
+    return response
+
+
+def _handle_http_exception(error: HTTPException) -> Response:
+    code = (error.name or "error").lower().replace(" ", "_")
+    response = error_response(error.code or 500, code, error.description or str(error))
+    valid_methods = getattr(error, "valid_methods", None)
+    if error.code == 405 and valid_methods:
+        response.headers["Allow"] = ", ".join(valid_methods)
+    return response
+
+
+def _handle_unexpected(error: Exception) -> Response:
+    logger.exception("unhandled error: %s", error)
+    return error_response(500, "internal_error", "internal server error; see the server log")
+
+
+def register_error_handlers(app: Flask) -> None:
+    """On the app, not a blueprint, so routing errors (404/405) are JSON too."""
+    app.register_error_handler(APIError, _handle_api_error)
+    app.register_error_handler(HTTPException, _handle_http_exception)
+    app.register_error_handler(Exception, _handle_unexpected)

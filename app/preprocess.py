@@ -1,0 +1,102 @@
+"""Turning uploaded bytes into the model's input array. Pure code: no I/O, no Flask.
+
+The recipe comes from the model card so the web tier prepares images exactly as the model
+was trained: EXIF orientation, RGB, centre crop of ``crop_fraction`` of the short side,
+resize to ``input_size`` square with the card's resampling filter, ``uint8`` ``[S, S, 3]``.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from protocol.messages import ModelCard
+
+logger = logging.getLogger(__name__)
+
+# Pillow's own bomb guard is a process-wide setting that warns at one size and raises at
+# twice that. We check the pixel count of every image ourselves, right after reading the header
+# and before decoding, with the limit from the settings, so the global guard is switched off.
+Image.MAX_IMAGE_PIXELS = None
+
+_RESAMPLE = {
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "lanczos": Image.Resampling.LANCZOS,
+    "nearest": Image.Resampling.NEAREST,
+}
+
+
+class ImageDecodeError(ValueError):
+    """The bytes are not an image we can use; the message says why, in words for the client."""
+
+
+def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
+    """Decode ``data`` into an upright RGB image, refusing empty, corrupt and oversized input."""
+    if not data:
+        raise ImageDecodeError("the image is empty (0 bytes)")
+    try:
+        image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ImageDecodeError("the data is not an image format we can read") from None
+    except Exception as exc:  # Pillow raises many types on hostile headers; all mean "bad image".
+        raise ImageDecodeError(f"the image header is corrupt ({type(exc).__name__})") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageDecodeError(
+            f"the image is {width}x{height} = {width * height} pixels, over the limit of "
+            f"{max_pixels} pixels"
+        )
+    if width < 1 or height < 1:
+        raise ImageDecodeError(f"the image has no pixels ({width}x{height})")
+    try:
+        image.load()
+        upright = ImageOps.exif_transpose(image) or image
+        return _to_rgb(upright)
+    except Exception as exc:  # truncated or corrupt pixel data surfaces as assorted errors
+        raise ImageDecodeError(
+            f"the {image.format or 'image'} data is truncated or corrupt ({type(exc).__name__})"
+        ) from None
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # High bit depth: scale to 8 bits instead of letting convert() clip to white.
+        array = np.asarray(image, dtype=np.float64)
+        top = float(array.max()) or 1.0
+        image = Image.fromarray(np.round(array * (255.0 / top)).astype(np.uint8), mode="L")
+    elif image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        # Transparent pixels go on white, as a viewer shows them, not on their hidden colour.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB")
+
+
+def crop_box(width: int, height: int, crop_fraction: float) -> tuple[float, float, float, float]:
+    """The centred square of side ``crop_fraction`` x the short side, as a Pillow box."""
+    side = min(width, height) * crop_fraction
+    left = (width - side) / 2.0
+    top = (height - side) / 2.0
+    return (left, top, left + side, top + side)
+
+
+def prepare(image: Image.Image, card: ModelCard) -> np.ndarray:
+    """Centre-crop and resize ``image`` (RGB) to the card's input: ``uint8`` ``[S, S, 3]``."""
+    resample = _RESAMPLE.get(card.resample)
+    if resample is None:
+        raise ValueError(f"model card asks for unknown resampling {card.resample!r}")
+    size = (card.input_size, card.input_size)
+    box = crop_box(image.width, image.height, card.crop_fraction)
+    resized = image.resize(size, resample=resample, box=box)
+    return np.ascontiguousarray(np.asarray(resized, dtype=np.uint8))
+
+
+def image_to_input(data: bytes, card: ModelCard, *, max_pixels: int) -> np.ndarray:
+    """Bytes of an uploaded image to the model's input array."""
+    return prepare(decode_image(data, max_pixels=max_pixels), card)

@@ -1,0 +1,104 @@
+"""The web side of the queue: read the model card, enqueue a request, wait for its result."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import redis
+
+from app.errors import (
+    ModelUnavailableError,
+    PredictionFailedError,
+    PredictionTimeoutError,
+    QueueFullError,
+    QueueUnavailableError,
+)
+from protocol.errors import MessageDecodeError
+from protocol.messages import (
+    ModelCard,
+    PredictRequest,
+    PredictResult,
+    decode_model_card,
+    decode_result,
+    encode_request,
+)
+from protocol.queue import Queue
+
+logger = logging.getLogger(__name__)
+
+RETRY_AFTER_S = 1
+"""Retry-After advertised with a 503 for a full queue or an unreachable Redis."""
+
+
+@contextmanager
+def redis_errors_as_503() -> Iterator[None]:
+    """Any Redis failure becomes a 503 JSON answer instead of a hang or a bare 500."""
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        logger.warning("redis unreachable: %s", exc)
+        raise QueueUnavailableError(
+            f"the queue (Redis) is unreachable: {exc}", retry_after_s=RETRY_AFTER_S
+        ) from None
+    except redis.RedisError as exc:
+        logger.warning("redis error: %s", exc)
+        raise QueueUnavailableError(
+            f"the queue (Redis) failed: {exc}", retry_after_s=RETRY_AFTER_S
+        ) from None
+
+
+class PredictionService:
+    """Enqueues prepared images and waits for their results within a deadline."""
+
+    def __init__(
+        self, queue: Queue, *, max_queue: int, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.queue = queue
+        self.max_queue = max_queue
+        self.clock = clock
+
+    def model_card(self) -> ModelCard:
+        with redis_errors_as_503():
+            raw = self.queue.client.get(self.queue.keys.model_card())
+        if raw is None:
+            raise ModelUnavailableError(
+                "no model worker has published a model card yet; start a worker "
+                "(queuenet worker) or wait for it to finish loading",
+                retry_after_s=RETRY_AFTER_S,
+            )
+        try:
+            return decode_model_card(raw)
+        except MessageDecodeError as exc:
+            raise ModelUnavailableError(f"the published model card is unusable: {exc}") from None
+
+    def predict(self, array: np.ndarray, *, top_k: int, deadline: float) -> PredictResult:
+        """Enqueue ``array`` and wait until ``deadline`` (unix seconds) for its result."""
+        job_id = uuid.uuid4().hex
+        request = PredictRequest.from_array(job_id, array, top_k=top_k, deadline=deadline)
+        with redis_errors_as_503():
+            if not self.queue.push(encode_request(request), max_queue=self.max_queue):
+                raise QueueFullError(
+                    f"the queue holds {self.max_queue} requests already; retry later",
+                    retry_after_s=RETRY_AFTER_S,
+                )
+            raw = self.queue.wait_result(job_id, deadline - self.clock())
+        if raw is None:
+            raise PredictionTimeoutError(
+                f"no prediction within the deadline (job {job_id}); the model workers are "
+                "busy or not running"
+            )
+        try:
+            result = decode_result(raw)
+        except MessageDecodeError as exc:
+            raise PredictionFailedError(f"unreadable result for job {job_id}: {exc}") from None
+        if not result.ok:
+            raise PredictionFailedError(result.error_message, code=result.error_code)
+        logger.info(
+            "job done job_id=%s batch_id=%s worker=%s", job_id, result.batch_id, result.worker
+        )
+        return result

@@ -1,0 +1,51 @@
+"""Settings of the web tier, read once from ``QUEUENET_*`` variables at the entry point."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from protocol.settings import RedisSettings, env_choice, env_float, env_int, env_str
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    predict_timeout_s: float = 10.0
+    """Seconds a request may wait for its prediction (queue + inference) before a 504."""
+    max_upload_bytes: int = 16 * 1024 * 1024
+    """Largest request body in bytes; larger ones get 413."""
+    max_image_pixels: int = 40_000_000
+    """Largest decoded image in pixels (width x height); larger ones get 400."""
+    max_queue: int = 1000
+    """Requests allowed to wait in the queue; beyond that /predict answers 503 + Retry-After."""
+    default_top_k: int = 5
+    """Predictions returned when the request does not say ``top_k``."""
+    host: str = "127.0.0.1"
+    """Address gunicorn binds to."""
+    port: int = 5000
+    """TCP port gunicorn binds to."""
+    web_processes: int = 2
+    """gunicorn worker processes."""
+    web_threads: int = 8
+    """Threads per gunicorn process (each in-flight request holds one while it waits)."""
+    log_level: str = "INFO"
+    log_format: str = "text"
+    """``text`` or ``json`` (one JSON object per line)."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> AppSettings:
+        return cls(
+            redis=RedisSettings.from_env(env),
+            predict_timeout_s=env_float(env, "PREDICT_TIMEOUT_S", 10.0, minimum=0.1, maximum=3600),
+            max_upload_bytes=env_int(env, "MAX_UPLOAD_BYTES", 16 * 1024 * 1024, minimum=1024),
+            max_image_pixels=env_int(env, "MAX_IMAGE_PIXELS", 40_000_000, minimum=1),
+            max_queue=env_int(env, "MAX_QUEUE", 1000, minimum=1),
+            default_top_k=env_int(env, "DEFAULT_TOP_K", 5, minimum=1),
+            host=env_str(env, "HOST", "127.0.0.1"),
+            port=env_int(env, "PORT", 5000, minimum=1, maximum=65535),
+            web_processes=env_int(env, "WEB_PROCESSES", 2, minimum=1, maximum=64),
+            web_threads=env_int(env, "WEB_THREADS", 8, minimum=1, maximum=256),
+            log_level=env_choice(env, "LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
+            log_format=env_choice(env, "LOG_FORMAT", "text", ("text", "json")),
+        )

@@ -1,0 +1,226 @@
+"""The queue operations both sides use, each one atomic in Redis.
+
+At-least-once delivery without loss: a worker moves messages from ``queue`` into its own
+``processing`` list in one step (BLMOVE, then the claim script), and an item leaves that list
+only in the same script that writes its answer. A worker that dies leaves its items in
+Redis; once its heartbeat expires, any other worker puts them back at the head of the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import redis
+
+from protocol.keys import Keys
+
+logger = logging.getLogger(__name__)
+
+MAX_CLAIM = 1024
+"""Upper bound on items claimed at once (Lua ``unpack`` and reply size stay small)."""
+
+# Enqueue only while the queue is below its bound, so a full queue enqueues nothing.
+_PUSH_IF_ROOM = """
+if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[1]) then return -1 end
+return redis.call('RPUSH', KEYS[1], ARGV[2])
+"""
+
+# LRANGE + LTRIM + RPUSH in one step: two workers never get the same item, and a claimed item
+# is never only in a worker's memory.
+_CLAIM = """
+local items = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+if #items == 0 then return items end
+redis.call('LTRIM', KEYS[1], #items, -1)
+redis.call('RPUSH', KEYS[2], unpack(items))
+return items
+"""
+
+# Ack and answer together, and only while the item is still ours: if another worker already
+# requeued it (we were presumed dead), we write nothing, so a request is never answered twice.
+# KEYS = processing, dead, result keys...; ARGV = ttl_s, then (raw, payload, dead_flag) per item.
+_ANSWER = """
+local ttl = tonumber(ARGV[1])
+local acked = 0
+for i = 1, #KEYS - 2 do
+  local raw = ARGV[3 * i - 1]
+  if redis.call('LREM', KEYS[1], 1, raw) == 1 then
+    acked = acked + 1
+    local payload = ARGV[3 * i]
+    if payload ~= '' then
+      redis.call('LPUSH', KEYS[i + 2], payload)
+      redis.call('EXPIRE', KEYS[i + 2], ttl)
+    end
+    if ARGV[3 * i + 1] == '1' then redis.call('RPUSH', KEYS[2], raw) end
+  end
+end
+return acked
+"""
+
+# Give a dead worker's items back to the head of the queue, oldest first, each with its
+# attempt count raised. KEYS = processing, queue, heartbeat, workers; ARGV = name, force.
+_REQUEUE = """
+if ARGV[2] ~= '1' and redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
+local items = redis.call('LRANGE', KEYS[1], 0, -1)
+for i = #items, 1, -1 do
+  local item = items[i]
+  local ok, msg = pcall(cjson.decode, item)
+  if ok and type(msg) == 'table' then
+    msg['attempts'] = (tonumber(msg['attempts']) or 0) + 1
+    item = cjson.encode(msg)
+  end
+  redis.call('LPUSH', KEYS[2], item)
+end
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[4], ARGV[1])
+return #items
+"""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What to do with one claimed item: its raw bytes, the result to publish, dead-lettering."""
+
+    raw: bytes
+    job_id: str | None
+    payload: bytes
+    """Encoded result, or empty to drop the item without an answer (expired)."""
+    dead: bool = False
+
+
+class Queue:
+    """Queue operations on one Redis client and one namespace."""
+
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self.client = client
+        self.keys = keys
+        self._push_if_room = client.register_script(_PUSH_IF_ROOM)
+        self._claim = client.register_script(_CLAIM)
+        self._answer = client.register_script(_ANSWER)
+        self._requeue = client.register_script(_REQUEUE)
+
+    # --- web side ----------------------------------------------------------------------------
+
+    def push(self, message: bytes, *, max_queue: int) -> bool:
+        """Append a request; False (nothing enqueued) when ``max_queue`` items are waiting."""
+        return int(self._push_if_room(keys=[self.keys.queue()], args=[max_queue, message])) >= 0
+
+    def depth(self) -> int:
+        return int(self.client.llen(self.keys.queue()))
+
+    def wait_result(self, job_id: str, timeout_s: float) -> bytes | None:
+        """Block until the result for ``job_id`` arrives, at most ``timeout_s`` seconds."""
+        if timeout_s <= 0:
+            return None
+        # BLPOP takes the timeout in seconds with millisecond resolution; 0 would mean forever.
+        reply = self.client.blpop([self.keys.result(job_id)], timeout=max(timeout_s, 0.001))
+        return None if reply is None else _as_bytes(reply[1])
+
+    # --- worker side -------------------------------------------------------------------------
+
+    def claim(self, worker_name: str, max_items: int) -> list[bytes]:
+        """Move up to ``max_items`` queued messages into the worker's processing list."""
+        if max_items <= 0:
+            return []
+        count = min(max_items, MAX_CLAIM)
+        keys = [self.keys.queue(), self.keys.processing(worker_name)]
+        return [_as_bytes(item) for item in self._claim(keys=keys, args=[count])]
+
+    def block_claim(
+        self, worker_name: str, max_items: int, *, block_timeout_s: float, batch_wait_s: float
+    ) -> list[bytes]:
+        """Wait up to ``block_timeout_s`` for work, then claim a batch of up to ``max_items``.
+
+        Everything already queued is taken at once. If the batch is not full, wait at most
+        ``batch_wait_s`` more for further items (blocking on Redis, never sleeping).
+        """
+        first = self._move_one(worker_name, block_timeout_s)
+        if first is None:
+            return []
+        items = [first, *self.claim(worker_name, max_items - 1)]
+        fill_deadline = time.monotonic() + batch_wait_s
+        while len(items) < max_items:
+            left_s = fill_deadline - time.monotonic()
+            if left_s < 0.001:
+                break
+            more = self._move_one(worker_name, left_s)
+            if more is None:
+                break
+            items.append(more)
+            items.extend(self.claim(worker_name, max_items - len(items)))
+        return items
+
+    def _move_one(self, worker_name: str, timeout_s: float) -> bytes | None:
+        """BLMOVE one item from the queue head to the processing list; None on timeout."""
+        # redis-py types the timeout as int; the server takes seconds with millisecond
+        # resolution, which the batch-fill wait needs, and redis-py passes a float through.
+        item = self.client.blmove(
+            self.keys.queue(),
+            self.keys.processing(worker_name),
+            round(timeout_s, 3),  # type: ignore[arg-type]
+            "LEFT",
+            "RIGHT",
+        )
+        return None if item is None else _as_bytes(item)
+
+    def answer(self, worker_name: str, answers: Sequence[Answer], *, result_ttl_s: int) -> int:
+        """Publish results and ack their items in one step; returns how many were still ours."""
+        if not answers:
+            return 0
+        keys = [self.keys.processing(worker_name), self.keys.dead()]
+        args: list[bytes | int | str] = [result_ttl_s]
+        for answer in answers:
+            # A message with no usable id gets no result key; the key slot is a harmless dummy.
+            keys.append(self.keys.result(answer.job_id or "-"))
+            args.extend([answer.raw, answer.payload, "1" if answer.dead else "0"])
+        return int(self._answer(keys=keys, args=args))
+
+    def beat(self, worker_name: str, payload: bytes, *, ttl_s: int) -> None:
+        """Mark the worker alive for ``ttl_s`` seconds."""
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.sadd(self.keys.workers(), worker_name)
+            pipe.set(self.keys.heartbeat(worker_name), payload, ex=ttl_s)
+            pipe.execute()
+
+    def requeue(self, worker_name: str, *, force: bool = False) -> int:
+        """Return a worker's claimed items to the queue head if its heartbeat has expired.
+
+        ``force`` skips the heartbeat check (a worker restarting under its old name). Returns
+        the number of items moved, or -1 when the worker is alive.
+        """
+        keys = [
+            self.keys.processing(worker_name),
+            self.keys.queue(),
+            self.keys.heartbeat(worker_name),
+            self.keys.workers(),
+        ]
+        return int(self._requeue(keys=keys, args=[worker_name, "1" if force else "0"]))
+
+    def requeue_dead_workers(self, *, exclude: str) -> int:
+        """Requeue the items of every registered worker whose heartbeat is gone."""
+        moved = 0
+        for raw_name in self.client.smembers(self.keys.workers()):
+            name = raw_name.decode() if isinstance(raw_name, bytes) else str(raw_name)
+            if name == exclude:
+                continue
+            count = self.requeue(name)
+            if count > 0:
+                logger.warning("requeued %d item(s) of dead worker %s", count, name)
+                moved += count
+        return moved
+
+    def retire(self, worker_name: str) -> None:
+        """Unregister a worker that stops cleanly with nothing left in its processing list."""
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.delete(self.keys.heartbeat(worker_name))
+            pipe.srem(self.keys.workers(), worker_name)
+            pipe.execute()
+
+    def held(self, worker_name: str) -> int:
+        return int(self.client.llen(self.keys.processing(worker_name)))
+
+
+def _as_bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode("utf-8")

@@ -1,0 +1,1 @@
+"""The ``queuenet`` command: run the service on one machine, or one of its processes."""

@@ -1,0 +1,5 @@
+import sys
+
+from queuenet.cli import main
+
+sys.exit(main())

@@ -1,0 +1,162 @@
+"""Shared fixtures: a real Redis server, a namespace per test, a tiny real Keras model,
+the Flask app and a worker running in a thread."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+
+from app import create_app
+from app.settings import AppSettings
+from protocol.keys import Keys
+from protocol.messages import ModelCard
+from protocol.queue import Queue
+from protocol.settings import RedisSettings
+from queuenet.embedded_redis import EmbeddedRedis
+from tests.helpers import free_port, wait_until
+from worker.loop import Worker
+from worker.registry import LoadedModel
+from worker.settings import WorkerSettings
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+TINY_SIZE = 8
+TINY_LABELS = ("red", "green", "blue", "grey")
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """QUEUENET_TEST_REDIS_URL if set, else a private redis-server for the session."""
+    configured = os.environ.get("QUEUENET_TEST_REDIS_URL")
+    if configured:
+        yield configured
+        return
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), port=free_port())
+    server.start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def redis_settings(redis_url: str) -> Iterator[RedisSettings]:
+    """A fresh namespace per test; its keys are deleted afterwards."""
+    settings = RedisSettings(url=redis_url, namespace=f"test-{uuid.uuid4().hex[:12]}")
+    yield settings
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(match=f"{settings.namespace}:*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture
+def rclient(redis_settings: RedisSettings) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_settings.url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def keys(redis_settings: RedisSettings) -> Keys:
+    return Keys(redis_settings.namespace)
+
+
+@pytest.fixture
+def queue(rclient: redis.Redis, keys: Keys) -> Queue:
+    return Queue(rclient, keys)
+
+
+def build_tiny_keras_model() -> object:
+    """A real Keras model: mean colour of the image -> softmax over 4 colour classes."""
+    import keras
+
+    inputs = keras.Input(shape=(TINY_SIZE, TINY_SIZE, 3), dtype="float32")
+    pooled = keras.layers.GlobalAveragePooling2D()(inputs)
+    scaled = keras.layers.Rescaling(1.0 / 255.0)(pooled)
+    outputs = keras.layers.Dense(len(TINY_LABELS), activation="softmax")(scaled)
+    model = keras.Model(inputs, outputs, name="tiny_colours")
+    dense = model.layers[-1]
+    # red, green, blue: one channel high; grey: all channels equal.
+    kernel = np.array([[8, -4, -4, 1], [-4, 8, -4, 1], [-4, -4, 8, 1]], dtype=np.float32)
+    dense.set_weights([kernel, np.zeros(4, dtype=np.float32)])
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> LoadedModel:
+    from worker.model import KerasPredictor
+
+    card = ModelCard(
+        name="tiny", version="1", input_size=TINY_SIZE, num_labels=len(TINY_LABELS)
+    )
+    predictor = KerasPredictor(build_tiny_keras_model(), input_size=TINY_SIZE)
+    return LoadedModel(predictor=predictor, labels=TINY_LABELS, card=card)
+
+
+@pytest.fixture
+def worker_settings(redis_settings: RedisSettings) -> WorkerSettings:
+    return WorkerSettings(
+        redis=redis_settings,
+        worker_name=f"w-{uuid.uuid4().hex[:6]}",
+        batch_size=8,
+        batch_wait_ms=2.0,
+        block_timeout_s=0.05,
+        heartbeat_ttl_s=2,
+    )
+
+
+@pytest.fixture
+def make_worker(
+    redis_settings: RedisSettings, tiny_model: LoadedModel, worker_settings: WorkerSettings
+) -> Callable[..., Worker]:
+    def factory(model: LoadedModel | None = None, **overrides: object) -> Worker:
+        settings = dataclasses.replace(worker_settings, **overrides)  # type: ignore[arg-type]
+        client = redis.Redis.from_url(redis_settings.url)
+        return Worker(Queue(client, Keys(redis_settings.namespace)), model or tiny_model, settings)
+
+    return factory
+
+
+@pytest.fixture
+def running_worker(make_worker: Callable[..., Worker]) -> Iterator[Worker]:
+    """A worker serving in a background thread for the duration of the test."""
+    worker = make_worker()
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    card_key = worker.queue.keys.model_card()
+    wait_until(lambda: bool(worker.queue.client.exists(card_key)), 10, "the model card")
+    yield worker
+    worker.request_stop()
+    thread.join(timeout=10)
+    assert not thread.is_alive(), "worker thread did not stop"
+
+
+@pytest.fixture
+def app_settings(redis_settings: RedisSettings) -> AppSettings:
+    return AppSettings(redis=redis_settings, predict_timeout_s=5.0, max_upload_bytes=2 * 1024 * 1024)
+
+
+@pytest.fixture
+def app(app_settings: AppSettings):  # type: ignore[no-untyped-def]
+    application = create_app(app_settings)
+    application.config["TESTING"] = True
+    yield application
+    application.extensions["redis"].close()
+
+
+@pytest.fixture
+def client(app):  # type: ignore[no-untyped-def]
+    return app.test_client()
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return Path(__file__).parent / "data"

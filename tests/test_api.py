@@ -1,0 +1,168 @@
+"""The HTTP API through the Flask test client, with a real Redis and a real (tiny) model."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from flask.testing import FlaskClient
+
+from app import create_app
+from app.settings import AppSettings
+from protocol.settings import RedisSettings
+from tests.helpers import free_port, image_bytes
+from worker.loop import Worker
+
+
+def post_image(client: FlaskClient, data: bytes, field: str = "image", query: str = ""):  # type: ignore[no-untyped-def]
+    return client.post(
+        f"/predict{query}",
+        data={field: (io.BytesIO(data), "photo.png")},
+        content_type="multipart/form-data",
+    )
+
+
+def solid_png(colour: tuple[int, int, int]) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 30), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def assert_error(response, status: int, code: str, *words: str) -> None:  # type: ignore[no-untyped-def]
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.is_json
+    body = response.get_json()
+    assert body["success"] is False
+    assert body["error"]["code"] == code
+    for word in words:
+        assert word in body["error"]["message"]
+
+
+def test_predict_answers_top5_highest_first(client: FlaskClient, running_worker: Worker) -> None:
+    response = post_image(client, solid_png((250, 10, 10)))
+    assert response.status_code == 200, response.get_data(as_text=True)
+    body = response.get_json()
+    assert body["success"] is True
+    predictions = body["predictions"]
+    assert len(predictions) == 4  # top 5, capped at the model's 4 classes
+    assert predictions[0]["label"] == "red" and predictions[0]["index"] == 0
+    probabilities = [p["probability"] for p in predictions]
+    assert probabilities == sorted(probabilities, reverse=True)
+    assert sum(probabilities) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_top_k_query(client: FlaskClient, running_worker: Worker) -> None:
+    response = post_image(client, solid_png((10, 10, 250)), query="?top_k=2")
+    assert response.status_code == 200
+    predictions = response.get_json()["predictions"]
+    assert [p["label"] for p in predictions][:1] == ["blue"]
+    assert len(predictions) == 2
+
+
+@pytest.mark.parametrize("value", ["0", "5", "-1", "two", "1.5", ""])
+def test_top_k_out_of_range_is_400(client: FlaskClient, running_worker: Worker, value: str) -> None:
+    response = post_image(client, solid_png((1, 2, 3)), query=f"?top_k={value}")
+    assert_error(response, 400, "invalid_request", "top_k", "1 to 4")
+
+
+def test_missing_field_names_the_field(client: FlaskClient, running_worker: Worker) -> None:
+    response = post_image(client, solid_png((1, 2, 3)), field="file")
+    assert_error(response, 400, "invalid_request", "'image'", "file")
+
+
+def test_no_body_at_all(client: FlaskClient, running_worker: Worker) -> None:
+    assert_error(client.post("/predict"), 400, "invalid_request", "'image'")
+
+
+def test_not_an_image(client: FlaskClient, running_worker: Worker) -> None:
+    response = post_image(client, b"hello, I am text, not a picture\n" * 10)
+    assert_error(response, 400, "invalid_image", "image", "not an image")
+
+
+def test_empty_file(client: FlaskClient, running_worker: Worker) -> None:
+    assert_error(post_image(client, b""), 400, "invalid_image", "empty")
+
+
+def test_truncated_png(client: FlaskClient, running_worker: Worker) -> None:
+    data = image_bytes((200, 200))
+    assert_error(post_image(client, data[: len(data) // 2]), 400, "invalid_image", "truncated")
+
+
+def test_several_image_fields_are_refused(client: FlaskClient, running_worker: Worker) -> None:
+    png = solid_png((1, 2, 3))
+    response = client.post(
+        "/predict",
+        data={"image": [(io.BytesIO(png), "a.png"), (io.BytesIO(png), "b.png")]},
+        content_type="multipart/form-data",
+    )
+    assert_error(response, 400, "invalid_request", "2 'image' fields")
+
+
+def test_body_over_limit_is_413(client: FlaskClient, app_settings: AppSettings) -> None:
+    # A hand-built multipart body: the test client would spool a big upload to a temp file.
+    big = b"\0" * (app_settings.max_upload_bytes + 1)
+    body = (
+        b'--b\r\nContent-Disposition: form-data; name="image"; filename="x.png"\r\n\r\n'
+        + big
+        + b"\r\n--b--\r\n"
+    )
+    response = client.post("/predict", data=body, content_type="multipart/form-data; boundary=b")
+    assert_error(response, 413, "request_entity_too_large")
+
+
+def test_pixel_limit(redis_settings: RedisSettings, running_worker: Worker) -> None:
+    settings = AppSettings(redis=redis_settings, max_image_pixels=1000)
+    client = create_app(settings).test_client()
+    response = post_image(client, image_bytes((50, 50)))
+    assert_error(response, 400, "invalid_image", "2500 pixels", "limit of 1000")
+
+
+def test_no_model_card_is_503(client: FlaskClient) -> None:
+    response = post_image(client, solid_png((1, 2, 3)))
+    assert_error(response, 503, "model_unavailable", "model card")
+    assert response.headers["Retry-After"] == "1"
+
+
+def test_no_worker_answers_504_within_deadline(
+    redis_settings: RedisSettings, tiny_model, rclient
+) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    from protocol.keys import Keys
+    from protocol.messages import encode_model_card
+
+    rclient.set(Keys(redis_settings.namespace).model_card(), encode_model_card(tiny_model.card))
+    client = create_app(AppSettings(redis=redis_settings, predict_timeout_s=0.5)).test_client()
+    started = time.monotonic()
+    response = post_image(client, solid_png((1, 2, 3)))
+    elapsed_s = time.monotonic() - started
+    assert_error(response, 504, "prediction_timeout", "deadline")
+    assert 0.4 <= elapsed_s < 1.0
+
+
+def test_redis_unreachable_is_503_fast() -> None:
+    import time
+
+    dead = RedisSettings(url=f"redis://127.0.0.1:{free_port()}/0", namespace="nothing")
+    client = create_app(AppSettings(redis=dead)).test_client()
+    started = time.monotonic()
+    response = post_image(client, solid_png((1, 2, 3)))
+    assert_error(response, 503, "queue_unavailable", "unreachable")
+    assert time.monotonic() - started < 1.0
+
+
+def test_unknown_route_is_json_404(client: FlaskClient) -> None:
+    assert_error(client.get("/nope"), 404, "not_found")
+
+
+def test_wrong_method_is_json_405(client: FlaskClient) -> None:
+    response = client.get("/predict")
+    assert_error(response, 405, "method_not_allowed")
+    assert "POST" in response.headers["Allow"]
+
+
+def test_healthz(client: FlaskClient) -> None:
+    response = client.get("/healthz")
+    assert response.status_code == 200 and response.get_json() == {"status": "ok"}

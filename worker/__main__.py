@@ -1,0 +1,116 @@
+"""Entry point of a model worker: ``python -m worker`` or ``queuenet worker``.
+
+Reads the settings from the environment, configures logging, loads the model once, warms
+it up, and runs the loop until SIGTERM/SIGINT (the batch in hand is finished first).
+``--check`` exits 0 when this worker's heartbeat is fresh, 1 otherwise (container health).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from types import FrameType
+
+from protocol.connection import connect
+from protocol.errors import SettingsError
+from protocol.keys import Keys
+from protocol.logconfig import configure_logging
+from protocol.queue import Queue
+from worker.settings import WorkerSettings, host_prefix
+
+logger = logging.getLogger("worker")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="queuenet worker", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--check", action="store_true", help="exit 0 if a worker heartbeat is fresh"
+    )
+    args = parser.parse_args(argv)
+    try:
+        settings = WorkerSettings.from_env(os.environ)
+    except SettingsError as exc:
+        print(f"queuenet worker: {exc}", file=sys.stderr)  # logging is not configured yet
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    if args.check:
+        return check(settings)
+    return serve(settings)
+
+
+def check(settings: WorkerSettings) -> int:
+    """0 when the named worker (``QUEUENET_WORKER_NAME``) or, without a name, any worker on
+    this host has a fresh heartbeat; 1 otherwise."""
+    queue = Queue(connect(settings.redis), Keys(settings.redis.namespace))
+    try:
+        if settings.worker_name:
+            names = [settings.worker_name]
+        else:
+            members = [_text(n) for n in queue.client.smembers(queue.keys.workers())]
+            names = [n for n in members if n.startswith(host_prefix())]
+        alive = [n for n in names if queue.client.exists(queue.keys.heartbeat(n))]
+    except Exception as exc:  # any failure to look means "not healthy"
+        logger.error("health check failed: %s", exc)
+        return 1
+    logger.info("live workers: %s", ", ".join(alive) or "none")
+    return 0 if alive else 1
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def serve(settings: WorkerSettings) -> int:
+    from worker.loop import Worker
+    from worker.model import warm_up, warmup_sizes
+    from worker.registry import ModelLoadError, load_model
+
+    _configure_tensorflow(settings)
+    started = time.monotonic()
+    try:
+        model = load_model(
+            settings.model, labels_path=settings.labels_path, cache_dir=settings.model_cache_dir
+        )
+    except ModelLoadError as exc:
+        logger.error("cannot load model: %s", exc)
+        return 2
+    warm_up(model.predictor, warmup_sizes(settings.batch_size))
+    logger.info(
+        "model %s loaded and warm in %.1fs; redis=%s namespace=%s",
+        model.card.name,
+        time.monotonic() - started,
+        settings.redis.redacted_url(),
+        settings.redis.namespace,
+    )
+    client = connect(settings.redis, blocking_timeout_s=settings.block_timeout_s + 1)
+    worker = Worker(Queue(client, Keys(settings.redis.namespace)), model, settings)
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        logger.info(
+            "signal %s: finishing the batch in hand, then stopping", signal.Signals(signum).name
+        )
+        worker.request_stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    worker.run()
+    return 0
+
+
+def _configure_tensorflow(settings: WorkerSettings) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    if settings.tf_intra_op_threads:
+        tf.config.threading.set_intra_op_parallelism_threads(settings.tf_intra_op_threads)
+    if settings.tf_inter_op_threads:
+        tf.config.threading.set_inter_op_parallelism_threads(settings.tf_inter_op_threads)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

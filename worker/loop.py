@@ -1,0 +1,208 @@
+"""The worker's I/O shell: a short loop over named steps around the pure batch logic."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+
+import redis
+
+from protocol.messages import PredictResult, encode_model_card, encode_result
+from protocol.queue import Answer, Queue
+from worker.batching import Item, stack, top_k, triage
+from worker.registry import LoadedModel
+from worker.settings import WorkerSettings
+
+logger = logging.getLogger(__name__)
+
+BACKOFF_INITIAL_S = 0.1
+BACKOFF_MAX_S = 5.0
+
+
+class Worker:
+    """Claims batches from the queue, predicts and answers them until asked to stop."""
+
+    def __init__(
+        self,
+        queue: Queue,
+        model: LoadedModel,
+        settings: WorkerSettings,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.queue = queue
+        self.model = model
+        self.settings = settings
+        self.name = settings.name()
+        self.clock = clock
+        self._stop = threading.Event()
+        self._next_beat = 0.0
+        self._backoff_s = BACKOFF_INITIAL_S
+        self._started = False
+        self.batches_done = 0
+
+    def request_stop(self) -> None:
+        """Stop claiming; the batch in hand is finished and acknowledged first."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def run(self, *, max_batches: int | None = None, burst: bool = False) -> None:
+        """Serve until stopped, ``max_batches`` are done, or (``burst``) the queue is empty."""
+        while not self._stop.is_set():
+            if max_batches is not None and self.batches_done >= max_batches:
+                break
+            try:
+                self._start_once()
+                self.heartbeat()
+                raw_items = self.dequeue_batch()
+                if raw_items:
+                    self.process(raw_items)
+                elif burst:
+                    break
+                self._backoff_s = BACKOFF_INITIAL_S
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                self._wait_out_outage(exc)
+            except Exception:  # the loop must survive anything one batch throws
+                logger.exception("worker %s: unexpected error; continuing", self.name)
+                self._stop.wait(BACKOFF_INITIAL_S)
+        self.shutdown()
+
+    def _start_once(self) -> None:
+        if self._started:
+            return
+        # Our own leftovers (a previous process with this name died) go back to the queue.
+        moved = self.queue.requeue(self.name, force=True)
+        if moved:
+            logger.warning("requeued %d item(s) left by a previous %s", moved, self.name)
+        self.publish_model_card()
+        self._started = True
+        logger.info(
+            "worker %s ready model=%s version=%s batch_size=%d",
+            self.name,
+            self.model.card.name,
+            self.model.card.version,
+            self.settings.batch_size,
+        )
+
+    def publish_model_card(self) -> None:
+        self.queue.client.set(self.queue.keys.model_card(), encode_model_card(self.model.card))
+
+    def heartbeat(self) -> None:
+        """Refresh our heartbeat and take back the items of dead workers, every ttl/3 s."""
+        now = time.monotonic()
+        if now < self._next_beat:
+            return
+        payload = json.dumps(
+            {
+                "name": self.name,
+                "pid": os.getpid(),
+                "model": self.model.card.name,
+                "ts": self.clock(),
+            }
+        ).encode()
+        self.queue.beat(self.name, payload, ttl_s=self.settings.heartbeat_ttl_s)
+        self.queue.requeue_dead_workers(exclude=self.name)
+        # The card may have been lost with a Redis restart; it is cheap to set again.
+        self.publish_model_card()
+        self._next_beat = now + self.settings.heartbeat_ttl_s / 3.0
+
+    def dequeue_batch(self) -> list[bytes]:
+        return self.queue.block_claim(
+            self.name,
+            self.settings.batch_size,
+            block_timeout_s=self.settings.block_timeout_s,
+            batch_wait_s=self.settings.batch_wait_ms / 1000.0,
+        )
+
+    def process(self, raw_items: Sequence[bytes]) -> None:
+        """Answer every claimed item exactly once: predicted, failed, expired or dead."""
+        started = time.monotonic()
+        meta = {"batch_id": uuid.uuid4().hex[:12], "worker": self.name}
+        sorted_items = triage(
+            raw_items,
+            card=self.model.card,
+            now=self.clock(),
+            max_attempts=self.settings.max_attempts,
+            meta=meta,
+        )
+        answers = [Answer(raw, r.id or None, encode_result(r)) for raw, r in sorted_items.failed]
+        answers += [Answer(raw, r.id, encode_result(r), dead=True) for raw, r in sorted_items.dead]
+        answers += [Answer(raw, None, b"") for raw in sorted_items.expired]
+        answers += self.predict_batch(sorted_items.ready, meta)
+        self.write_results(answers)
+        self.batches_done += 1
+        logger.info(
+            "batch done batch_id=%s size=%d predicted=%d failed=%d expired=%d dead=%d ms=%.1f",
+            meta["batch_id"],
+            len(raw_items),
+            len(sorted_items.ready),
+            len(sorted_items.failed),
+            len(sorted_items.expired),
+            len(sorted_items.dead),
+            (time.monotonic() - started) * 1000.0,
+        )
+
+    def predict_batch(self, items: Sequence[Item], meta: dict[str, str]) -> list[Answer]:
+        """Predict ``items`` together; if the batch fails, isolate the failing item(s)."""
+        if not items:
+            return []
+        try:
+            probabilities = self.model.predictor.predict(stack(items))
+        except Exception as exc:  # a poison input must not take its batch-mates down with it
+            if len(items) > 1:
+                logger.warning("batch of %d failed (%s); predicting one by one", len(items), exc)
+                return [a for item in items for a in self.predict_batch([item], meta)]
+            logger.exception("prediction failed job_id=%s", items[0].request.id)
+            result = PredictResult.failure(
+                items[0].request.id,
+                "prediction_failed",
+                f"the model failed on this image: {exc}",
+                **meta,
+            )
+            return [Answer(items[0].raw, result.id, encode_result(result))]
+        answers = []
+        for item, row in zip(items, probabilities, strict=True):
+            ranked = top_k(row, item.request.top_k, self.model.labels)
+            result = PredictResult(id=item.request.id, ok=True, predictions=ranked, **meta)
+            answers.append(Answer(item.raw, item.request.id, encode_result(result)))
+        return answers
+
+    def write_results(self, answers: Sequence[Answer]) -> None:
+        acked = self.queue.answer(self.name, answers, result_ttl_s=self.settings.result_ttl_s)
+        if acked != len(answers):
+            logger.warning(
+                "%d of %d item(s) were taken back while we worked (heartbeat expired); "
+                "their answers were not written, another worker answers them",
+                len(answers) - acked,
+                len(answers),
+            )
+
+    def _wait_out_outage(self, exc: Exception) -> None:
+        logger.warning(
+            "worker %s: redis unreachable (%s); retrying in %.1fs", self.name, exc, self._backoff_s
+        )
+        self._stop.wait(self._backoff_s)
+        self._backoff_s = min(self._backoff_s * 2, BACKOFF_MAX_S)
+        self._next_beat = 0.0  # beat as soon as Redis is back
+
+    def shutdown(self) -> None:
+        """Unregister if nothing is held; otherwise leave the items for recovery."""
+        try:
+            held = self.queue.held(self.name)
+            if held == 0:
+                self.queue.retire(self.name)
+            else:
+                logger.warning(
+                    "worker %s stops holding %d item(s); they will be requeued", self.name, held
+                )
+        except redis.RedisError as exc:
+            logger.warning("worker %s: could not unregister: %s", self.name, exc)
+        logger.info("worker %s stopped after %d batch(es)", self.name, self.batches_done)

