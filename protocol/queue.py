@@ -21,6 +21,8 @@ logger = logging.getLogger(__name__)
 
 MAX_CLAIM = 1024
 """Upper bound on items claimed at once (Lua ``unpack`` and reply size stay small)."""
+FILL_SAFETY_TIMEOUT_S = 1
+"""Server-side bound of a batch-fill BLMOVE, should its CLIENT UNBLOCK ever not arrive."""
 
 # Enqueue only while the queue is below its bound, so a full queue enqueues nothing.
 _PUSH_IF_ROOM = """
@@ -145,7 +147,7 @@ class Queue:
             left_s = fill_deadline - time.monotonic()
             if left_s < 0.001:
                 break
-            more = self._move_one(worker_name, left_s)
+            more = self._move_one_within(worker_name, left_s)
             if more is None:
                 break
             items.append(more)
@@ -163,6 +165,38 @@ class Queue:
             "LEFT",
             "RIGHT",
         )
+        return None if item is None else _as_bytes(item)
+
+    def _move_one_within(self, worker_name: str, wait_s: float) -> bytes | None:
+        """BLMOVE one item, giving up after ``wait_s`` with millisecond precision.
+
+        Redis checks blocking timeouts only on its event-loop ticks (``hz``, 10 per second by
+        default), so ``BLMOVE ... 0.002`` on an empty list returns after up to 100 ms. Here
+        the command blocks with a safe server-side timeout; if no reply came within
+        ``wait_s``, another connection sends ``CLIENT UNBLOCK``, and Redis answers nil at
+        once, exactly as for a timeout. An item that arrives in between is still returned.
+        """
+        pool = self.client.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_command("CLIENT", "ID")  # type: ignore[no-untyped-call]
+            conn.send_command(  # type: ignore[no-untyped-call]
+                "BLMOVE",
+                self.keys.queue(),
+                self.keys.processing(worker_name),
+                "LEFT",
+                "RIGHT",
+                FILL_SAFETY_TIMEOUT_S,
+            )
+            client_id = int(conn.read_response())
+            if not conn.can_read(timeout=wait_s):
+                self.client.client_unblock(client_id)
+            item = conn.read_response()
+        except BaseException:
+            conn.disconnect()  # type: ignore[no-untyped-call]  # its reply state is unknown: never hand it back half-read
+            raise
+        finally:
+            pool.release(conn)
         return None if item is None else _as_bytes(item)
 
     def answer(self, worker_name: str, answers: Sequence[Answer], *, result_ttl_s: int) -> int:
