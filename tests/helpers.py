@@ -70,3 +70,19 @@ def stop(process: subprocess.Popen[bytes], timeout_s: float = 20.0) -> int:
             process.kill()
             process.wait()
     return int(process.returncode)
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A valid PNG signature and header claiming ``width`` x ``height``, with a tiny body:
+    a few hundred bytes that would decode to a huge image (a decompression bomb)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    row = b"\0" * (width + 1)
+    body = zlib.compress(row * 4, 9)  # 4 rows of data; the rest is missing
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")

@@ -78,7 +78,7 @@ def test_no_body_at_all(client: FlaskClient, running_worker: Worker) -> None:
 
 def test_not_an_image(client: FlaskClient, running_worker: Worker) -> None:
     response = post_image(client, b"hello, I am text, not a picture\n" * 10)
-    assert_error(response, 400, "invalid_image", "image", "not an image")
+    assert_error(response, 400, "invalid_image", "field 'image'", "not an image")
 
 
 def test_empty_file(client: FlaskClient, running_worker: Worker) -> None:

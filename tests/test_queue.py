@@ -1,0 +1,155 @@
+"""The atomic queue scripts against a real Redis."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import redis
+
+from protocol.keys import Keys
+from protocol.queue import Answer, Queue
+
+
+def fill(queue: Queue, count: int) -> list[bytes]:
+    items = [f'{{"n":{i}}}'.encode() for i in range(count)]
+    for start in range(0, count, 500):
+        queue.client.rpush(queue.keys.queue(), *items[start : start + 500])
+    return items
+
+
+def test_claim_moves_items_into_processing_in_order(queue: Queue) -> None:
+    items = fill(queue, 5)
+    assert queue.claim("w1", 3) == items[:3]
+    assert queue.client.lrange(queue.keys.queue(), 0, -1) == items[3:]
+    assert queue.client.lrange(queue.keys.processing("w1"), 0, -1) == items[:3]
+    assert queue.claim("w1", 10) == items[3:]
+    assert queue.claim("w1", 10) == []
+
+
+def test_concurrent_claimers_never_share_an_item_and_lose_none(
+    redis_url: str, keys: Keys, queue: Queue
+) -> None:
+    """Eight workers on their own connections race to drain 3000 items."""
+    items = fill(queue, 3000)
+    claimed: dict[str, list[bytes]] = {}
+
+    def drain(name: str) -> None:
+        own = Queue(redis.Redis.from_url(redis_url), keys)
+        got: list[bytes] = []
+        while True:
+            batch = own.block_claim(name, 7, block_timeout_s=0.05, batch_wait_s=0.001)
+            if not batch:
+                break
+            got.extend(batch)
+        claimed[name] = got
+
+    threads = [threading.Thread(target=drain, args=(f"w{i}",)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    everything = [item for got in claimed.values() for item in got]
+    assert len(everything) == len(items), "an item was lost or claimed twice"
+    assert set(everything) == set(items)
+    assert sum(1 for got in claimed.values() if got) > 1, "only one worker took part"
+    for name, got in claimed.items():  # each worker's processing list holds exactly its items
+        assert queue.client.lrange(keys.processing(name), 0, -1) == got
+
+
+def test_push_respects_max_queue(queue: Queue) -> None:
+    assert queue.push(b"a", max_queue=2)
+    assert queue.push(b"b", max_queue=2)
+    assert not queue.push(b"c", max_queue=2)
+    assert queue.depth() == 2
+
+
+def test_answer_publishes_result_with_ttl_and_acks(queue: Queue) -> None:
+    fill(queue, 2)
+    raw = queue.claim("w1", 2)
+    answers = [Answer(raw[0], "a" * 32, b"result-a"), Answer(raw[1], None, b"")]
+    assert queue.answer("w1", answers, result_ttl_s=30) == 2
+    assert queue.held("w1") == 0
+    assert queue.client.lrange(queue.keys.result("a" * 32), 0, -1) == [b"result-a"]
+    assert 0 < queue.client.ttl(queue.keys.result("a" * 32)) <= 30
+    assert queue.client.exists(queue.keys.result("-")) == 0  # dropped item wrote nothing
+
+
+def test_answer_writes_nothing_for_items_no_longer_held(queue: Queue) -> None:
+    """An item requeued while its worker was presumed dead is answered only once."""
+    fill(queue, 1)
+    raw = queue.claim("w1", 1)
+    assert queue.requeue("w1") == 1  # w1 has no heartbeat: its item goes back
+    assert queue.answer("w1", [Answer(raw[0], "b" * 32, b"late")], result_ttl_s=30) == 0
+    assert queue.client.exists(queue.keys.result("b" * 32)) == 0
+
+
+def test_dead_flag_moves_item_to_dead_letters(queue: Queue) -> None:
+    fill(queue, 1)
+    raw = queue.claim("w1", 1)
+    queue.answer("w1", [Answer(raw[0], "c" * 32, b"err", dead=True)], result_ttl_s=30)
+    assert queue.client.lrange(queue.keys.dead(), 0, -1) == raw
+
+
+def test_requeue_restores_order_at_the_head_and_counts_attempts(queue: Queue) -> None:
+    queue.client.rpush(queue.keys.queue(), b'{"id":"x","attempts":0}', b'{"id":"y"}', b"not json")
+    claimed = queue.claim("w1", 3)
+    queue.client.rpush(queue.keys.queue(), b'{"id":"z"}')
+    queue.beat("w1", b"{}", ttl_s=5)
+    assert queue.requeue("w1") == -1  # alive: nothing moves
+    queue.client.delete(queue.keys.heartbeat("w1"))
+    assert queue.requeue_dead_workers(exclude="someone-else") == 3
+    import json
+
+    head = queue.client.lrange(queue.keys.queue(), 0, -1)
+    assert [json.loads(item)["id"] for item in head[:2]] == ["x", "y"]
+    assert [json.loads(item)["attempts"] for item in head[:2]] == [1, 1]
+    assert head[2] == claimed[2]  # unparseable items go back unchanged
+    assert json.loads(head[3])["id"] == "z"
+    assert queue.held("w1") == 0
+    assert queue.client.sismember(queue.keys.workers(), "w1") == 0
+
+
+def test_wait_result_blocks_until_pushed(queue: Queue) -> None:
+    job = "d" * 32
+
+    def later() -> None:
+        time.sleep(0.2)
+        queue.client.lpush(queue.keys.result(job), b"done")
+
+    threading.Thread(target=later).start()
+    started = time.monotonic()
+    assert queue.wait_result(job, 5.0) == b"done"
+    assert time.monotonic() - started < 2.0
+
+
+def test_wait_result_times_out(queue: Queue) -> None:
+    started = time.monotonic()
+    assert queue.wait_result("e" * 32, 0.3) is None
+    assert queue.wait_result("e" * 32, 0) is None
+    assert time.monotonic() - started < 1.0
+
+
+def test_batch_fill_wait_is_precise(queue: Queue) -> None:
+    """A 5 ms fill wait costs ~5 ms, not Redis's 100 ms timeout tick."""
+    fill(queue, 1)
+    durations = []
+    for _ in range(5):
+        fill(queue, 1)
+        started = time.monotonic()
+        got = queue.block_claim("w1", 8, block_timeout_s=1.0, batch_wait_s=0.005)
+        durations.append(time.monotonic() - started)
+        assert len(got) >= 1
+    assert sorted(durations)[2] < 0.05, durations
+
+
+def test_batch_fill_wait_picks_up_late_items(queue: Queue) -> None:
+    fill(queue, 1)
+
+    def later() -> None:
+        time.sleep(0.05)
+        queue.client.rpush(queue.keys.queue(), b"late")
+
+    threading.Thread(target=later).start()
+    got = queue.block_claim("w1", 2, block_timeout_s=1.0, batch_wait_s=1.0)
+    assert got[-1] == b"late" and len(got) == 2

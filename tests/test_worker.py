@@ -1,0 +1,114 @@
+"""The worker loop in-process, with a tiny real Keras model and a real Redis."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+import numpy as np
+
+from protocol.keys import Keys
+from protocol.messages import PredictRequest, decode_model_card, decode_result, encode_request
+from protocol.queue import Queue
+from tests.conftest import TINY_LABELS, TINY_SIZE
+from worker.loop import Worker
+
+
+def enqueue(queue: Queue, colour: tuple[int, int, int], *, deadline_in_s: float = 30.0) -> str:
+    job_id = uuid.uuid4().hex
+    array = np.empty((TINY_SIZE, TINY_SIZE, 3), dtype=np.uint8)
+    array[...] = colour
+    request = PredictRequest.from_array(job_id, array, top_k=2, deadline=time.time() + deadline_in_s)
+    queue.client.rpush(queue.keys.queue(), encode_request(request))
+    return job_id
+
+
+def result(queue: Queue, job_id: str):  # type: ignore[no-untyped-def]
+    raw = queue.client.lpop(queue.keys.result(job_id))
+    assert raw is not None, f"no result for {job_id}"
+    return decode_result(raw)
+
+
+def test_one_batch_answers_everything_and_acks(
+    make_worker: Callable[..., Worker], queue: Queue, keys: Keys
+) -> None:
+    jobs = [enqueue(queue, (240, 5, 5)), enqueue(queue, (5, 240, 5)), enqueue(queue, (5, 5, 240))]
+    worker = make_worker()
+    worker.run(max_batches=1)
+    labels = [result(queue, job).predictions[0].label for job in jobs]
+    assert labels == ["red", "green", "blue"]
+    assert queue.held(worker.name) == 0 and queue.depth() == 0
+    card = decode_model_card(queue.client.get(keys.model_card()))
+    assert card.input_size == TINY_SIZE and card.num_labels == len(TINY_LABELS)
+    assert queue.client.sismember(keys.workers(), worker.name) == 0  # retired cleanly
+
+
+def test_results_expire(make_worker: Callable[..., Worker], queue: Queue, keys: Keys) -> None:
+    job = enqueue(queue, (1, 2, 3))
+    make_worker(result_ttl_s=7).run(max_batches=1)
+    assert 0 < queue.client.ttl(keys.result(job)) <= 7
+
+
+def test_bad_item_does_not_stop_the_batch(make_worker: Callable[..., Worker], queue: Queue) -> None:
+    good = enqueue(queue, (240, 5, 5))
+    bad_id = uuid.uuid4().hex
+    bad = {"v": 1, "id": bad_id, "shape": [3, 3, 3], "dtype": "uint8", "data": "AAAA",
+           "top_k": 1, "deadline": time.time() + 30, "attempts": 0}
+    queue.client.rpush(queue.keys.queue(), json.dumps(bad), b"complete garbage")
+    worker = make_worker()
+    worker.run(max_batches=1)
+    assert result(queue, good).ok
+    failed = result(queue, bad_id)
+    assert failed.error_code == "invalid_input" and "shape" in failed.error_message
+    assert queue.held(worker.name) == 0 and queue.depth() == 0
+
+
+def test_expired_items_are_not_computed(make_worker: Callable[..., Worker], queue: Queue) -> None:
+    job = enqueue(queue, (1, 2, 3), deadline_in_s=-1)
+    worker = make_worker()
+    worker.run(max_batches=1)
+    assert queue.client.exists(queue.keys.result(job)) == 0
+    assert queue.held(worker.name) == 0
+
+
+def test_batches_are_capped_at_batch_size(make_worker: Callable[..., Worker], queue: Queue) -> None:
+    jobs = [enqueue(queue, (9, 9, 9)) for _ in range(5)]
+    worker = make_worker(batch_size=2)
+    worker.run(max_batches=1)
+    assert queue.depth() == 3
+    worker.run(burst=True)
+    assert all(result(queue, job).ok for job in jobs)
+    assert worker.batches_done == 3
+
+
+def test_items_of_a_dead_worker_are_answered_by_another(
+    make_worker: Callable[..., Worker], queue: Queue, keys: Keys
+) -> None:
+    jobs = [enqueue(queue, (240, 5, 5)) for _ in range(3)]
+    queue.claim("crashed-worker", 3)  # claimed, then the process died: no heartbeat, no answer
+    queue.client.sadd(keys.workers(), "crashed-worker")
+    survivor = make_worker()
+    survivor.run(max_batches=1)
+    answered = [result(queue, job) for job in jobs]
+    assert all(r.ok and r.worker == survivor.name for r in answered)
+    assert queue.held("crashed-worker") == 0
+
+
+def test_stop_request_finishes_the_batch_in_hand(
+    make_worker: Callable[..., Worker], queue: Queue
+) -> None:
+    worker = make_worker(block_timeout_s=0.5)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    jobs = [enqueue(queue, (5, 5, 240)) for _ in range(4)]
+    deadline = time.monotonic() + 10
+    while queue.client.exists(queue.keys.result(jobs[-1])) == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    worker.request_stop()
+    thread.join(timeout=5)
+    assert not thread.is_alive()
+    assert all(result(queue, job).ok for job in jobs)
+    assert queue.held(worker.name) == 0
