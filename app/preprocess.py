@@ -41,7 +41,9 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
-        raise ImageDecodeError("the data is not an image we can read (unknown format or damaged header)") from None
+        raise ImageDecodeError(
+            "the data is not an image we can read (unknown format or damaged header)"
+        ) from None
     except Exception as exc:  # Pillow raises many types on hostile headers; all mean "bad image".
         raise ImageDecodeError(f"the image header is corrupt ({type(exc).__name__})") from None
     width, height = image.size

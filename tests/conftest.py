@@ -94,9 +94,7 @@ def build_tiny_keras_model() -> object:
 def tiny_model() -> LoadedModel:
     from worker.model import KerasPredictor
 
-    card = ModelCard(
-        name="tiny", version="1", input_size=TINY_SIZE, num_labels=len(TINY_LABELS)
-    )
+    card = ModelCard(name="tiny", version="1", input_size=TINY_SIZE, num_labels=len(TINY_LABELS))
     predictor = KerasPredictor(build_tiny_keras_model(), input_size=TINY_SIZE)
     return LoadedModel(predictor=predictor, labels=TINY_LABELS, card=card)
 
@@ -141,11 +139,13 @@ def running_worker(make_worker: Callable[..., Worker]) -> Iterator[Worker]:
 
 @pytest.fixture
 def app_settings(redis_settings: RedisSettings) -> AppSettings:
-    return AppSettings(redis=redis_settings, predict_timeout_s=5.0, max_upload_bytes=2 * 1024 * 1024)
+    return AppSettings(
+        redis=redis_settings, predict_timeout_s=5.0, max_upload_bytes=2 * 1024 * 1024
+    )
 
 
 @pytest.fixture
-def app(app_settings: AppSettings):  # type: ignore[no-untyped-def]
+def app(app_settings: AppSettings):
     application = create_app(app_settings)
     application.config["TESTING"] = True
     yield application
@@ -153,7 +153,7 @@ def app(app_settings: AppSettings):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def client(app):  # type: ignore[no-untyped-def]
+def client(app):
     return app.test_client()
 
 

@@ -25,7 +25,11 @@ def free_port() -> int:
 
 
 def image_bytes(
-    size: tuple[int, int] = (64, 48), mode: str = "RGB", fmt: str = "PNG", seed: int = 0, **save: object
+    size: tuple[int, int] = (64, 48),
+    mode: str = "RGB",
+    fmt: str = "PNG",
+    seed: int = 0,
+    **save: object,
 ) -> bytes:
     rng = np.random.default_rng(seed)
     channels = {"RGB": 3, "RGBA": 4, "L": 1, "CMYK": 4}.get(mode, 3)
@@ -55,10 +59,14 @@ def python_env(extra: Mapping[str, str]) -> dict[str, str]:
 
 
 def spawn(args: list[str], env: Mapping[str, str], log: Path) -> subprocess.Popen[bytes]:
-    handle = log.open("wb")
-    return subprocess.Popen(
-        [sys.executable, *args], env=dict(env), cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT
-    )
+    with log.open("wb") as handle:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [sys.executable, *args],
+            env=dict(env),
+            cwd=ROOT,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def stop(process: subprocess.Popen[bytes], timeout_s: float = 20.0) -> int:
@@ -85,4 +93,6 @@ def png_header_only(width: int, height: int) -> bytes:
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
     row = b"\0" * (width + 1)
     body = zlib.compress(row * 4, 9)  # 4 rows of data; the rest is missing
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+    )

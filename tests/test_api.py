@@ -14,7 +14,7 @@ from tests.helpers import free_port, image_bytes
 from worker.loop import Worker
 
 
-def post_image(client: FlaskClient, data: bytes, field: str = "image", query: str = ""):  # type: ignore[no-untyped-def]
+def post_image(client: FlaskClient, data: bytes, field: str = "image", query: str = ""):
     return client.post(
         f"/predict{query}",
         data={field: (io.BytesIO(data), "photo.png")},
@@ -30,7 +30,7 @@ def solid_png(colour: tuple[int, int, int]) -> bytes:
     return buffer.getvalue()
 
 
-def assert_error(response, status: int, code: str, *words: str) -> None:  # type: ignore[no-untyped-def]
+def assert_error(response, status: int, code: str, *words: str) -> None:
     assert response.status_code == status, response.get_data(as_text=True)
     assert response.is_json
     body = response.get_json()
@@ -127,7 +127,7 @@ def test_no_model_card_is_503(client: FlaskClient) -> None:
 
 def test_no_worker_answers_504_within_deadline(
     redis_settings: RedisSettings, tiny_model, rclient
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     import time
 
     from protocol.keys import Keys

@@ -58,7 +58,9 @@ def test_garbage_gets_an_error_without_an_id() -> None:
 
 
 def test_expired_items_are_dropped() -> None:
-    sorted_items = triage([message(deadline=NOW - 1)], card=CARD, now=NOW, max_attempts=3, meta=META)
+    sorted_items = triage(
+        [message(deadline=NOW - 1)], card=CARD, now=NOW, max_attempts=3, meta=META
+    )
     assert len(sorted_items.expired) == 1 and not sorted_items.ready
 
 
@@ -66,7 +68,9 @@ def test_items_past_max_attempts_are_dead() -> None:
     sorted_items = triage([message(attempts=3)], card=CARD, now=NOW, max_attempts=3, meta=META)
     [(_, result)] = sorted_items.dead
     assert result.error_code == "prediction_failed" and "max_attempts=3" in result.error_message
-    assert len(triage([message(attempts=2)], card=CARD, now=NOW, max_attempts=3, meta=META).ready) == 1
+    assert (
+        len(triage([message(attempts=2)], card=CARD, now=NOW, max_attempts=3, meta=META).ready) == 1
+    )
 
 
 @pytest.mark.parametrize(

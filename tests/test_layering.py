@@ -30,6 +30,7 @@ def test_web_tier_does_not_import_tensorflow() -> None:
 
 def test_worker_does_not_import_flask() -> None:
     loaded = modules_after(
-        "import worker.__main__, worker.loop, worker.registry, worker.model, worker.efficientnet_lite"
+        "import worker.__main__, worker.loop, worker.registry, worker.model\n"
+        "import worker.efficientnet_lite, worker.torch_weights"
     )
     assert not loaded & {"flask", "werkzeug", "app"}

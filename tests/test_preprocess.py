@@ -41,7 +41,9 @@ def test_prepare_matches_crop_then_bicubic_resize() -> None:
     out = prepare(image.convert("RGB"), CARD)
     side = 300 * 224 / 256
     left, top = (451 - side) / 2, (300 - side) / 2
-    reference = image.resize((224, 224), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side))
+    reference = image.resize(
+        (224, 224), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side)
+    )
     np.testing.assert_array_equal(out, np.asarray(reference))
 
 

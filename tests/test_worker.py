@@ -21,14 +21,16 @@ def enqueue(queue: Queue, colour: tuple[int, int, int], *, deadline_in_s: float 
     job_id = uuid.uuid4().hex
     array = np.empty((TINY_SIZE, TINY_SIZE, 3), dtype=np.uint8)
     array[...] = colour
-    request = PredictRequest.from_array(job_id, array, top_k=2, deadline=time.time() + deadline_in_s)
+    request = PredictRequest.from_array(
+        job_id, array, top_k=2, deadline=time.time() + deadline_in_s
+    )
     queue.client.rpush(queue.keys.queue(), encode_request(request))
     return job_id
 
 
-def result(queue: Queue, job_id: str):  # type: ignore[no-untyped-def]
+def result(queue: Queue, job_id: str):
     raw = queue.client.lpop(queue.keys.result(job_id))
-    assert raw is not None, f"no result for {job_id}"
+    assert isinstance(raw, bytes), f"no result for {job_id}"
     return decode_result(raw)
 
 
@@ -41,7 +43,9 @@ def test_one_batch_answers_everything_and_acks(
     labels = [result(queue, job).predictions[0].label for job in jobs]
     assert labels == ["red", "green", "blue"]
     assert queue.held(worker.name) == 0 and queue.depth() == 0
-    card = decode_model_card(queue.client.get(keys.model_card()))
+    raw_card = queue.client.get(keys.model_card())
+    assert isinstance(raw_card, bytes)
+    card = decode_model_card(raw_card)
     assert card.input_size == TINY_SIZE and card.num_labels == len(TINY_LABELS)
     assert queue.client.sismember(keys.workers(), worker.name) == 0  # retired cleanly
 
@@ -55,8 +59,16 @@ def test_results_expire(make_worker: Callable[..., Worker], queue: Queue, keys: 
 def test_bad_item_does_not_stop_the_batch(make_worker: Callable[..., Worker], queue: Queue) -> None:
     good = enqueue(queue, (240, 5, 5))
     bad_id = uuid.uuid4().hex
-    bad = {"v": 1, "id": bad_id, "shape": [3, 3, 3], "dtype": "uint8", "data": "AAAA",
-           "top_k": 1, "deadline": time.time() + 30, "attempts": 0}
+    bad = {
+        "v": 1,
+        "id": bad_id,
+        "shape": [3, 3, 3],
+        "dtype": "uint8",
+        "data": "AAAA",
+        "top_k": 1,
+        "deadline": time.time() + 30,
+        "attempts": 0,
+    }
     queue.client.rpush(queue.keys.queue(), json.dumps(bad), b"complete garbage")
     worker = make_worker()
     worker.run(max_batches=1)

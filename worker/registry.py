@@ -141,10 +141,10 @@ def _load_keras_application(name: str) -> LoadedModel:
     try:
         model = constructor(weights="imagenet")
     except Exception as exc:  # download failures surface as assorted urllib/OS errors
-        cache = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
         raise ModelLoadError(
             f"could not get the ImageNet weights of keras.applications.{name}: {exc}. "
-            f"Without network access, put the weight file into {cache}"
+            "Without network access, put the weight file into the Keras cache "
+            "($KERAS_HOME/models, default ~/.keras/models)"
         ) from exc
     size = int(model.input_shape[1])
     preprocess = _application_preprocess(constructor)
