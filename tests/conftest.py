@@ -22,6 +22,7 @@ from protocol.queue import Queue
 from protocol.settings import RedisSettings
 from queuenet.embedded_redis import EmbeddedRedis
 from tests.helpers import free_port, wait_until
+from tests.live import LiveService
 from worker.loop import Worker
 from worker.registry import LoadedModel
 from worker.settings import WorkerSettings
@@ -160,3 +161,24 @@ def client(app):
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     return Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The tiny model saved as .keras with its labels file, for worker processes."""
+    directory = tmp_path_factory.mktemp("tiny-model")
+    model_path = directory / "tiny.keras"
+    build_tiny_keras_model().save(model_path)  # type: ignore[attr-defined]
+    labels_path = directory / "labels.txt"
+    labels_path.write_text("\n".join(TINY_LABELS) + "\n", encoding="utf-8")
+    return model_path, labels_path
+
+
+@pytest.fixture
+def live(
+    redis_url: str, tiny_model_files: tuple[Path, Path], tmp_path: Path
+) -> Iterator[LiveService]:
+    """Start real worker and gunicorn processes on demand; all are stopped afterwards."""
+    service = LiveService(redis_url, tmp_path, *tiny_model_files)
+    yield service
+    service.close()

@@ -1,0 +1,126 @@
+"""Real processes for the fault tests: model workers (``python -m worker`` with a tiny
+``.keras`` model), gunicorn (``python -m queuenet web``) and Redis servers on fixed ports."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+import requests
+
+from queuenet.embedded_redis import EmbeddedRedis
+from tests.helpers import free_port, python_env, spawn, stop, wait_until
+
+
+@dataclass
+class LiveService:
+    """Workers and web servers sharing one Redis namespace; every process is stopped at close."""
+
+    redis_url: str
+    workdir: Path
+    model_path: Path
+    labels_path: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+    namespace: str = field(default_factory=lambda: f"live-{uuid.uuid4().hex[:8]}")
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    webs: list[tuple[subprocess.Popen[bytes], str]] = field(default_factory=list)
+    _count: int = 0
+
+    def env(self, **extra: str) -> dict[str, str]:
+        base = {
+            "QUEUENET_REDIS_URL": self.redis_url,
+            "QUEUENET_NAMESPACE": self.namespace,
+            "QUEUENET_MODEL": str(self.model_path),
+            "QUEUENET_LABELS": str(self.labels_path),
+            "QUEUENET_HEARTBEAT_TTL_S": "2",
+            "QUEUENET_BLOCK_TIMEOUT_S": "0.2",
+            "QUEUENET_PREDICT_TIMEOUT_S": "10",
+            "QUEUENET_WEB_PROCESSES": "1",
+            "QUEUENET_LOG_LEVEL": "info",
+        }
+        return python_env(base | self.extra_env | extra)
+
+    def log(self, name: str) -> Path:
+        self._count += 1
+        return self.workdir / f"{self._count:02d}-{name}.log"
+
+    @property
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.redis_url)
+
+    def start_worker(self, *, wait: bool = True, **extra: str) -> subprocess.Popen[bytes]:
+        name = f"worker-{uuid.uuid4().hex[:6]}"
+        process = spawn(
+            ["-m", "worker"], self.env(QUEUENET_WORKER_NAME=name, **extra), self.log(name)
+        )
+        process.name = name  # type: ignore[attr-defined]
+        self.workers.append(process)
+        if wait:
+            key = f"{self.namespace}:worker:{name}"
+            client = self.client
+            wait_until(lambda: bool(client.exists(key)) or process.poll() is not None, 120, name)
+            assert process.poll() is None, self.logs()
+        return process
+
+    def start_web(self, **extra: str) -> str:
+        port = free_port()
+        process = spawn(
+            ["-m", "queuenet", "web"], self.env(QUEUENET_PORT=str(port), **extra), self.log("web")
+        )
+        url = f"http://127.0.0.1:{port}"
+        self.webs.append((process, url))
+
+        def up() -> bool:
+            assert process.poll() is None, self.logs()
+            try:
+                return requests.get(f"{url}/healthz", timeout=1).status_code == 200
+            except requests.RequestException:
+                return False
+
+        wait_until(up, 60, "gunicorn")
+        return url
+
+    def kill(self, process: subprocess.Popen[bytes]) -> None:
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
+            for p in sorted(self.workdir.glob("*.log"))
+        )
+
+    def close(self) -> None:
+        for process, _ in self.webs:
+            stop(process)
+        for process in self.workers:
+            stop(process)
+
+
+class RestartableRedis:
+    """A private redis-server on a fixed port that a test can stop and start again."""
+
+    def __init__(self, directory: Path, password: str = "") -> None:
+        self.server = EmbeddedRedis(directory, port=free_port(), password=password)
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def start(self) -> None:
+        self.server.start()
+
+    def stop(self) -> None:
+        self.server.stop(timeout_s=5)
+
+
+def wait_s(predicate: object, timeout_s: float) -> float:
+    """Seconds until ``predicate()`` is true (raises after ``timeout_s``)."""
+    started = time.monotonic()
+    wait_until(predicate, timeout_s, "condition")  # type: ignore[arg-type]
+    return time.monotonic() - started
