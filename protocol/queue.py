@@ -42,20 +42,23 @@ return items
 
 # Ack and answer together, and only while the item is still ours: if another worker already
 # requeued it (we were presumed dead), we write nothing, so a request is never answered twice.
-# KEYS = processing, dead, result keys...; ARGV = ttl_s, then (raw, payload, dead_flag) per item.
+# Per item: publish a result, dead-letter the raw item, and/or push a retry copy back to the
+# queue head. KEYS = processing, dead, queue, result keys...;
+# ARGV = ttl_s, then (raw, payload, dead_flag, retry_message) per item.
 _ANSWER = """
 local ttl = tonumber(ARGV[1])
 local acked = 0
-for i = 1, #KEYS - 2 do
-  local raw = ARGV[3 * i - 1]
+for i = 1, #KEYS - 3 do
+  local raw = ARGV[4 * i - 2]
   if redis.call('LREM', KEYS[1], 1, raw) == 1 then
     acked = acked + 1
-    local payload = ARGV[3 * i]
+    local payload = ARGV[4 * i - 1]
     if payload ~= '' then
-      redis.call('LPUSH', KEYS[i + 2], payload)
-      redis.call('EXPIRE', KEYS[i + 2], ttl)
+      redis.call('LPUSH', KEYS[i + 3], payload)
+      redis.call('EXPIRE', KEYS[i + 3], ttl)
     end
-    if ARGV[3 * i + 1] == '1' then redis.call('RPUSH', KEYS[2], raw) end
+    if ARGV[4 * i] == '1' then redis.call('RPUSH', KEYS[2], raw) end
+    if ARGV[4 * i + 1] ~= '' then redis.call('LPUSH', KEYS[3], ARGV[4 * i + 1]) end
   end
 end
 return acked
@@ -88,8 +91,11 @@ class Answer:
     raw: bytes
     job_id: str | None
     payload: bytes
-    """Encoded result, or empty to drop the item without an answer (expired)."""
+    """Encoded result, or empty to publish none (expired, or retried)."""
     dead: bool = False
+    """Also move the raw item to the dead-letter list."""
+    retry: bytes = b""
+    """A new message to put back at the head of the queue (a retry with attempts raised)."""
 
 
 class Queue:
@@ -203,12 +209,12 @@ class Queue:
         """Publish results and ack their items in one step; returns how many were still ours."""
         if not answers:
             return 0
-        keys = [self.keys.processing(worker_name), self.keys.dead()]
+        keys = [self.keys.processing(worker_name), self.keys.dead(), self.keys.queue()]
         args: list[bytes | int | str] = [result_ttl_s]
         for answer in answers:
             # A message with no usable id gets no result key; the key slot is a harmless dummy.
             keys.append(self.keys.result(answer.job_id or "-"))
-            args.extend([answer.raw, answer.payload, "1" if answer.dead else "0"])
+            args.extend([answer.raw, answer.payload, "1" if answer.dead else "0", answer.retry])
         return int(self._answer(keys=keys, args=args))
 
     def beat(self, worker_name: str, payload: bytes, *, ttl_s: int) -> None:

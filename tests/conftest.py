@@ -182,3 +182,16 @@ def live(
     service = LiveService(redis_url, tmp_path, *tiny_model_files)
     yield service
     service.close()
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("model-cache")
+
+
+@pytest.fixture(scope="session")
+def lite0(model_cache: Path) -> LoadedModel:
+    """The default model in this process; builds the .keras cache that workers then load."""
+    from worker.registry import load_model
+
+    return load_model("efficientnet-lite0", cache_dir=model_cache)

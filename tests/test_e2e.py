@@ -22,23 +22,12 @@ import requests
 from app.preprocess import image_to_input
 from tests.helpers import ROOT, free_port, python_env, spawn, stop, wait_until
 from worker.batching import top_k
-from worker.registry import LoadedModel, load_model
+from worker.registry import LoadedModel
 
 pytestmark = pytest.mark.e2e
 
 CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 ESPRESSO = 967
-
-
-@pytest.fixture(scope="session")
-def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("model-cache")
-
-
-@pytest.fixture(scope="session")
-def lite0(model_cache: Path) -> LoadedModel:
-    """The default model in this process; builds the .keras cache the worker then loads."""
-    return load_model("efficientnet-lite0", cache_dir=model_cache)
 
 
 @dataclass

@@ -4,12 +4,20 @@ backpressure, Redis outages and graceful stops. Nothing is lost, nothing hangs."
 from __future__ import annotations
 
 import io
+import signal
 import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
+import pytest
 import requests
 from PIL import Image
 
-from tests.live import LiveService
+from protocol.messages import PredictRequest, encode_request
+from tests.helpers import wait_until
+from tests.live import LiveService, RestartableRedis
+from worker.registry import LoadedModel
 
 
 def png(colour: tuple[int, int, int], size: tuple[int, int] = (32, 24)) -> bytes:
@@ -40,3 +48,215 @@ def test_no_worker_gives_504_within_timeout(live: LiveService) -> None:
     assert response.status_code == 504, response.text
     assert response.json()["error"]["code"] == "prediction_timeout"
     assert elapsed_s < 1.5 + 0.5
+
+
+# --- worker death, graceful stop ---------------------------------------------------------------
+
+
+def result_keys(live: LiveService) -> list[bytes]:
+    return list(live.client.scan_iter(match=f"{live.namespace}:result:*", count=1000))
+
+
+def processing_total(live: LiveService) -> int:
+    client = live.client
+    return sum(
+        int(client.llen(key))
+        for key in client.scan_iter(match=f"{live.namespace}:processing:*", count=1000)
+    )
+
+
+def lite0_service(live: LiveService, model_cache: Path) -> None:
+    live.extra_env.update(
+        {
+            "QUEUENET_MODEL": "efficientnet-lite0",
+            "QUEUENET_MODEL_CACHE_DIR": str(model_cache),
+            "QUEUENET_BATCH_SIZE": "16",
+            "QUEUENET_PREDICT_TIMEOUT_S": "60",
+            "QUEUENET_WEB_PROCESSES": "2",
+            "QUEUENET_WEB_THREADS": "64",
+        }
+    )
+
+
+def post_many(url: str, count: int, photo: bytes) -> list[requests.Response]:
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        return list(pool.map(lambda _: post(url, photo, timeout_s=90), range(count)))
+
+
+@pytest.mark.e2e
+def test_kill_9_a_worker_mid_batch_loses_nothing(
+    live: LiveService, lite0: LoadedModel, model_cache: Path, data_dir: Path
+) -> None:
+    lite0_service(live, model_cache)
+    victim = live.start_worker()
+    survivor = live.start_worker()
+    url = live.start_web()
+    photo = (data_dir / "chelsea.png").read_bytes()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        future = pool.submit(post_many, url, 120, photo)
+        victim_list = f"{live.namespace}:processing:{victim.name}"  # type: ignore[attr-defined]
+        client = live.client
+        wait_until(lambda: int(client.llen(victim_list)) > 0, 60, "the victim to hold a batch")
+        held = int(client.llen(victim_list))
+        live.kill(victim)
+        responses = future.result(timeout=120)
+    statuses = [r.status_code for r in responses]
+    assert statuses == [200] * 120, (statuses, live.logs())
+    assert all(r.json()["predictions"][0]["index"] in range(281, 286) for r in responses)
+    assert held > 0 and processing_total(live) == 0
+    assert result_keys(live) == [], "a request was answered twice"
+    assert "of dead worker" in live.logs()
+    assert survivor.poll() is None
+
+
+@pytest.mark.e2e
+def test_sigterm_under_load_finishes_the_batch_and_exits_0(
+    live: LiveService, lite0: LoadedModel, model_cache: Path, data_dir: Path
+) -> None:
+    lite0_service(live, model_cache)
+    leaving = live.start_worker()
+    live.start_worker()
+    url = live.start_web()
+    photo = (data_dir / "coffee.png").read_bytes()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        future = pool.submit(post_many, url, 60, photo)
+        held_key = f"{live.namespace}:processing:{leaving.name}"  # type: ignore[attr-defined]
+        client = live.client
+        wait_until(lambda: int(client.llen(held_key)) > 0, 60, "the worker to hold a batch")
+        leaving.send_signal(signal.SIGTERM)
+        assert leaving.wait(timeout=30) == 0
+        responses = future.result(timeout=120)
+    assert [r.status_code for r in responses] == [200] * 60, live.logs()
+    assert int(live.client.llen(held_key)) == 0
+    assert processing_total(live) == 0 and result_keys(live) == []
+
+
+def test_sigterm_to_gunicorn_lets_in_flight_requests_finish(live: LiveService) -> None:
+    worker = live.start_worker()
+    worker.send_signal(signal.SIGTERM)  # the model card stays, nobody answers for now
+    assert worker.wait(timeout=30) == 0
+    url = live.start_web()
+    web, _ = live.webs[0]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        waiting = pool.submit(post, url, png((250, 5, 5)))
+        wait_until(lambda: int(live.client.llen(f"{live.namespace}:queue")) == 1, 10, "enqueue")
+        web.send_signal(signal.SIGTERM)
+        time.sleep(0.5)  # gunicorn is now draining; the request must survive it
+        live.start_worker()
+        response = waiting.result(timeout=30)
+    assert response.status_code == 200, response.text
+    assert web.wait(timeout=30) == 0
+
+
+# --- poison items, deadlines, backpressure --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def poison_model_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A real model that breaks on bright images: exp() of a large logit overflows to inf, and
+    softmax turns that into NaN. Standard layers only, so a worker process can load it."""
+    import keras
+    import numpy as np
+
+    inputs = keras.Input(shape=(8, 8, 3), dtype="float32")
+    x = keras.layers.GlobalAveragePooling2D()(inputs)
+    x = keras.layers.Dense(2, kernel_initializer="ones", bias_initializer="zeros")(x)
+    x = keras.layers.Activation("exponential")(x)  # mean 255 -> exp(765) = inf
+    outputs = keras.layers.Softmax()(x)
+    model = keras.Model(inputs, outputs)
+    assert np.isnan(model(np.full((1, 8, 8, 3), 255, np.float32)).numpy()).all()
+    directory = tmp_path_factory.mktemp("poison")
+    model.save(directory / "poison.keras")
+    (directory / "labels.txt").write_text("dark\nalso dark\n")
+    return directory / "poison.keras", directory / "labels.txt"
+
+
+def test_poison_item_is_retried_then_dead_lettered(
+    live: LiveService, poison_model_files: tuple[Path, Path]
+) -> None:
+    model_path, labels_path = poison_model_files
+    live.extra_env.update(
+        {
+            "QUEUENET_MODEL": str(model_path),
+            "QUEUENET_LABELS": str(labels_path),
+            "QUEUENET_MAX_ATTEMPTS": "3",
+        }
+    )
+    live.start_worker()
+    url = live.start_web()
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        futures = [
+            pool.submit(post, url, png(c))
+            for c in [(1, 2, 3), (4, 5, 6), (255, 255, 255), (7, 8, 9), (10, 11, 12)]
+        ]
+        responses = [f.result(timeout=30) for f in futures]
+    assert [r.status_code for r in responses] == [200, 200, 500, 200, 200]
+    error = responses[2].json()["error"]
+    assert error["code"] == "prediction_failed" and "3 times" in error["message"]
+    assert int(live.client.llen(f"{live.namespace}:dead")) == 1
+    assert live.logs().count("retrying job_id=") == 2
+    assert processing_total(live) == 0
+
+
+def test_expired_items_are_dropped_not_computed(live: LiveService) -> None:
+    import numpy as np
+
+    worker = live.start_worker()
+    job = uuid.uuid4().hex
+    request = PredictRequest.from_array(
+        job, np.zeros((8, 8, 3), np.uint8), top_k=1, deadline=time.time() - 1
+    )
+    live.client.rpush(f"{live.namespace}:queue", encode_request(request))
+    wait_until(lambda: "expired=1" in live.logs(), 10, "the worker to drop the item")
+    assert live.client.exists(f"{live.namespace}:result:{job}") == 0
+    assert processing_total(live) == 0 and worker.poll() is None
+
+
+def test_full_queue_answers_503_and_enqueues_nothing(live: LiveService) -> None:
+    worker = live.start_worker()
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0
+    url = live.start_web(QUEUENET_MAX_QUEUE="3")
+    queue_key = f"{live.namespace}:queue"
+    live.client.rpush(queue_key, b"filler-1", b"filler-2", b"filler-3")
+    response = post(url, png((5, 250, 5)))
+    assert response.status_code == 503 and response.headers["Retry-After"] == "1"
+    assert response.json()["error"]["code"] == "queue_full"
+    assert int(live.client.llen(queue_key)) == 3
+    live.start_worker()  # drains the fillers (each gets an error result; no id, no answer)
+    wait_until(lambda: int(live.client.llen(queue_key)) == 0, 20, "the queue to drain")
+    assert post(url, png((5, 250, 5))).status_code == 200
+
+
+# --- Redis outage ----------------------------------------------------------------------------
+
+
+def test_redis_outage_fails_fast_and_recovers_without_restarts(
+    tiny_model_files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    server = RestartableRedis(tmp_path / "redis")
+    server.start()
+    live = LiveService(server.url, tmp_path, *tiny_model_files)
+    try:
+        worker = live.start_worker()
+        url = live.start_web()
+        assert post(url, png((250, 5, 5))).status_code == 200
+        server.stop()
+        for _ in range(3):
+            started = time.monotonic()
+            response = post(url, png((250, 5, 5)))
+            assert response.status_code == 503, response.text
+            assert response.json()["error"]["code"] == "queue_unavailable"
+            assert time.monotonic() - started < 1.0
+        wait_until(lambda: "redis unreachable" in live.logs(), 10, "the worker to log the outage")
+        assert worker.poll() is None
+        server.start()  # same address, empty data: the worker republishes its model card
+
+        def answered() -> bool:
+            return post(url, png((5, 5, 250))).status_code == 200
+
+        wait_until(answered, 15, "requests to succeed again")
+        assert worker.poll() is None and live.webs[0][0].poll() is None
+    finally:
+        live.close()
+        server.stop()

@@ -110,8 +110,8 @@ def triage(
             continue
         if request.attempts >= max_attempts:
             message = (
-                f"job {request.id} was claimed {request.attempts} times by workers that died "
-                f"before answering; giving up after max_attempts={max_attempts}"
+                f"job {request.id} failed {request.attempts} times (its worker died or the "
+                f"model raised); giving up after max_attempts={max_attempts}"
             )
             out.dead.append(
                 (raw, PredictResult.failure(request.id, "prediction_failed", message, **meta))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -10,9 +11,10 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import redis
 
-from protocol.messages import PredictResult, encode_model_card, encode_result
+from protocol.messages import PredictResult, encode_model_card, encode_request, encode_result
 from protocol.queue import Answer, Queue
 from worker.batching import Item, stack, top_k, triage
 from worker.registry import LoadedModel
@@ -161,19 +163,39 @@ class Worker:
                 logger.warning("batch of %d failed (%s); predicting one by one", len(items), exc)
                 return [a for item in items for a in self.predict_batch([item], meta)]
             logger.exception("prediction failed job_id=%s", items[0].request.id)
-            result = PredictResult.failure(
-                items[0].request.id,
-                "prediction_failed",
-                f"the model failed on this image: {exc}",
-                **meta,
-            )
-            return [Answer(items[0].raw, result.id, encode_result(result))]
+            return [self._failed(items[0], exc, meta)]
         answers = []
-        for item, row in zip(items, probabilities, strict=True):
+        finite = np.isfinite(probabilities).all(axis=1)
+        for item, row, ok in zip(items, probabilities, finite, strict=True):
+            if not ok:  # NaN/inf: the model broke on this input; never serve it as a ranking
+                answers.append(self._failed(item, ValueError("non-finite model output"), meta))
+                continue
             ranked = top_k(row, item.request.top_k, self.model.labels)
             result = PredictResult(id=item.request.id, ok=True, predictions=ranked, **meta)
             answers.append(Answer(item.raw, item.request.id, encode_result(result)))
         return answers
+
+    def _failed(self, item: Item, exc: Exception, meta: dict[str, str]) -> Answer:
+        """Retry a failed item (at the queue head) until ``max_attempts``, then give up."""
+        request = item.request
+        attempts = request.attempts + 1
+        if attempts < self.settings.max_attempts:
+            logger.warning(
+                "retrying job_id=%s attempt=%d of max_attempts=%d",
+                request.id,
+                attempts,
+                self.settings.max_attempts,
+            )
+            retry = encode_request(dataclasses.replace(request, attempts=attempts))
+            return Answer(item.raw, request.id, b"", retry=retry)
+        logger.error("giving up job_id=%s after %d attempts; dead-lettered", request.id, attempts)
+        result = PredictResult.failure(
+            request.id,
+            "prediction_failed",
+            f"the model failed on this image {attempts} times; last error: {exc}",
+            **meta,
+        )
+        return Answer(item.raw, request.id, encode_result(result), dead=True)
 
     def write_results(self, answers: Sequence[Answer]) -> None:
         acked = self.queue.answer(self.name, answers, result_ttl_s=self.settings.result_ttl_s)
