@@ -12,6 +12,7 @@ import time
 
 from flask import Flask, Response, g, request
 
+from app.auth import require_api_keys
 from app.errors import register_error_handlers
 from app.queueing import PredictionService
 from app.settings import AppSettings
@@ -37,6 +38,8 @@ def create_app(settings: AppSettings | None = None) -> Flask:
     app.register_blueprint(bp)
     register_error_handlers(app)
     app.before_request(_start_timer)
+    if settings.api_keys:  # after the timer, so rejected requests are logged with their time
+        require_api_keys(app, settings.api_keys)
     app.after_request(_log_request)
     return app
 

@@ -41,14 +41,15 @@ def redis_errors_as_503() -> Iterator[None]:
     try:
         yield
     except (redis.ConnectionError, redis.TimeoutError) as exc:
+        # The detail (host, port, auth) goes to the log, not to the client.
         logger.warning("redis unreachable: %s", exc)
         raise QueueUnavailableError(
-            f"the queue (Redis) is unreachable: {exc}", retry_after_s=RETRY_AFTER_S
+            "the queue (Redis) is unreachable; retry later", retry_after_s=RETRY_AFTER_S
         ) from None
     except redis.RedisError as exc:
         logger.warning("redis error: %s", exc)
         raise QueueUnavailableError(
-            f"the queue (Redis) failed: {exc}", retry_after_s=RETRY_AFTER_S
+            "the queue (Redis) failed; retry later", retry_after_s=RETRY_AFTER_S
         ) from None
 
 

@@ -5,7 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from protocol.settings import RedisSettings, env_choice, env_float, env_int, env_str
+from protocol.errors import SettingsError
+from protocol.settings import PREFIX, RedisSettings, env_choice, env_float, env_int, env_str
+
+API_KEY_MIN_CHARS = 16
+"""Shortest API key accepted: shorter ones are guessable (``secrets.token_urlsafe(32)``
+gives 43 characters)."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,9 @@ class AppSettings:
     log_level: str = "INFO"
     log_format: str = "text"
     """``text`` or ``json`` (one JSON object per line)."""
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    """Keys a client must send (``Authorization: Bearer`` or ``X-API-Key``); empty = no auth.
+    Left out of ``repr`` so logging the settings never prints a key."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> AppSettings:
@@ -48,4 +56,35 @@ class AppSettings:
             web_threads=env_int(env, "WEB_THREADS", 8, minimum=1, maximum=256),
             log_level=env_choice(env, "LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
             log_format=env_choice(env, "LOG_FORMAT", "text", ("text", "json")),
+            api_keys=parse_api_keys(env_str(env, "API_KEYS", "")),
+        )
+
+
+def parse_api_keys(raw: str) -> tuple[str, ...]:
+    """Comma-separated keys, each stripped; ``""`` means none (auth off).
+
+    A key must be at least ``API_KEY_MIN_CHARS`` visible ASCII characters: whitespace,
+    control and non-ASCII characters cannot travel reliably in an HTTP header. Errors say
+    which item is wrong, never what it holds.
+    """
+    if not raw:
+        return ()
+    items = [item.strip() for item in raw.split(",")]
+    for position, key in enumerate(items, start=1):
+        _check_api_key(key, f"{PREFIX}API_KEYS item {position} of {len(items)}")
+    return tuple(items)
+
+
+def _check_api_key(key: str, where: str) -> None:
+    if not key:
+        raise SettingsError(f"{where} is empty; separate keys with single commas")
+    if not all("!" <= char <= "~" for char in key):
+        raise SettingsError(
+            f"{where} holds whitespace, control or non-ASCII characters; use letters, digits "
+            "and punctuation only"
+        )
+    if len(key) < API_KEY_MIN_CHARS:
+        raise SettingsError(
+            f"{where} has {len(key)} characters, fewer than {API_KEY_MIN_CHARS}; generate one "
+            "with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
         )

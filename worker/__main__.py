@@ -99,7 +99,7 @@ def serve(settings: WorkerSettings) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     worker.run()
-    return 0
+    return 2 if worker.fatal_error else 0
 
 
 def _configure_tensorflow(settings: WorkerSettings) -> None:

@@ -47,6 +47,8 @@ class Worker:
         self._backoff_s = BACKOFF_INITIAL_S
         self._started = False
         self.batches_done = 0
+        self.fatal_error = ""
+        """Set when the loop stopped on an error that retrying cannot fix."""
 
     def request_stop(self) -> None:
         """Stop claiming; the batch in hand is finished and acknowledged first."""
@@ -70,6 +72,15 @@ class Worker:
                 elif burst:
                     break
                 self._backoff_s = BACKOFF_INITIAL_S
+            except redis.AuthenticationError as exc:
+                # Not an outage: retrying cannot help. Stop so the supervisor shows it.
+                logger.error(
+                    "worker %s: Redis refused the credentials in QUEUENET_REDIS_URL (%s)",
+                    self.name,
+                    exc,
+                )
+                self.fatal_error = str(exc)
+                break
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 self._wait_out_outage(exc)
             except Exception:  # the loop must survive anything one batch throws
