@@ -51,10 +51,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--port", type=int, help="HTTP port (QUEUENET_PORT, default 5000)")
     serve.add_argument("--workers", type=int, default=1, help="model worker processes (default 1)")
     sub.add_parser("web", help="gunicorn serving the web app (needs QUEUENET_REDIS_URL)")
+    sub.add_parser("predict", help="classify image files, folders or globs", add_help=False)
     worker = sub.add_parser("worker", help="one model worker")
     worker.add_argument(
         "--check", action="store_true", help="exit 0 if a worker heartbeat is fresh"
     )
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["predict"]:  # the client parses its own arguments
+        from client._cli import main as predict_main
+
+        return predict_main(argv[1:])
     args = parser.parse_args(argv)
 
     if args.command == "worker":
