@@ -39,6 +39,9 @@ def gunicorn_command(settings: AppSettings) -> list[str]:
         str(int(settings.predict_timeout_s) + 30),
         "--graceful-timeout",
         str(int(settings.predict_timeout_s) + 5),
+        # The control socket (gunicorn >= 25) is one fixed path per user; several servers on
+        # one machine would fight over it, and nothing here uses it.
+        "--no-control-socket",
         "app.wsgi:app",
     ]
 
