@@ -30,6 +30,13 @@ _RESAMPLE = {
 }
 
 
+# Formats Pillow can identify but that must not be decoded from an upload. EPS is rendered by
+# running Ghostscript on the file: an upload must never reach an external interpreter.
+_REFUSED_FORMATS = {
+    "EPS": "PostScript (EPS) is not accepted; send a raster image (PNG, JPEG, WebP, GIF, ...)",
+}
+
+
 class ImageDecodeError(ValueError):
     """The bytes are not an image we can use; the message says why, in words for the client."""
 
@@ -45,7 +52,11 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
             "the data is not an image we can read (unknown format or damaged header)"
         ) from None
     except Exception as exc:  # Pillow raises many types on hostile headers; all mean "bad image".
-        raise ImageDecodeError(f"the image header is corrupt ({type(exc).__name__})") from None
+        raise ImageDecodeError(
+            f"the image header is truncated or corrupt ({type(exc).__name__})"
+        ) from None
+    if image.format in _REFUSED_FORMATS:
+        raise ImageDecodeError(_REFUSED_FORMATS[image.format])
     width, height = image.size
     if width * height > max_pixels:
         raise ImageDecodeError(
@@ -68,10 +79,16 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode == "RGB":
         return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        # High bit depth: scale to 8 bits instead of letting convert() clip to white.
-        array = np.asarray(image, dtype=np.float64)
+        # High bit depth: scale to 8 bits instead of letting convert() clip to white. Float and
+        # signed images may hold NaN, infinities and negatives: those become 0, so the cast to
+        # uint8 below is always in range. In place: one float64 copy of the image, no more.
+        array = np.array(image, dtype=np.float64)
+        np.nan_to_num(array, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+        np.clip(array, 0.0, None, out=array)
         top = float(array.max()) or 1.0
-        image = Image.fromarray(np.round(array * (255.0 / top)).astype(np.uint8), mode="L")
+        array *= 255.0 / top
+        np.round(array, out=array)
+        image = Image.fromarray(array.astype(np.uint8), mode="L")
     elif image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         # Transparent pixels go on white, as a viewer shows them, not on their hidden colour.
         rgba = image.convert("RGBA")

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from app.errors import InvalidImageError, InvalidRequestError
 from app.preprocess import ImageDecodeError, image_to_input
@@ -58,20 +59,53 @@ def predict() -> Response:
 
 
 def _uploaded_image() -> bytes:
-    files = request.files.getlist(IMAGE_FIELD)
+    try:
+        files = request.files.getlist(IMAGE_FIELD)
+    except RequestEntityTooLarge:
+        raise RequestEntityTooLarge(_too_large_message()) from None
     if not files:
-        received = sorted(set(request.files) | set(request.form))
-        hint = f"; received field(s): {', '.join(received)}" if received else ""
-        raise InvalidRequestError(
-            f"missing multipart field '{IMAGE_FIELD}': send the image as "
-            f"`-F {IMAGE_FIELD}=@photo.jpg` (multipart/form-data){hint}"
-        )
+        raise InvalidRequestError(_missing_image_message())
     if len(files) > 1:
         raise InvalidRequestError(
             f"{len(files)} '{IMAGE_FIELD}' fields received; send one image per request"
         )
     data: bytes = files[0].read()
     return data
+
+
+def _missing_image_message() -> str:
+    """Why no file field 'image' arrived, in terms of what the client actually sent."""
+    usage = (
+        f"send the image as a file in multipart field '{IMAGE_FIELD}' "
+        f"(`curl -F {IMAGE_FIELD}=@photo.jpg`, multipart/form-data)"
+    )
+    if IMAGE_FIELD in request.form:
+        return f"field '{IMAGE_FIELD}' arrived as a plain form value, not a file upload; {usage}"
+    received = sorted(set(request.files) | set(request.form))
+    if received:
+        fields = ", ".join(received)
+        return f"missing multipart field '{IMAGE_FIELD}'; received field(s): {fields}; {usage}"
+    if request.mimetype != "multipart/form-data":
+        got = f"Content-Type {request.mimetype!r}" if request.mimetype else "no Content-Type"
+        return f"missing multipart field '{IMAGE_FIELD}': the body has {got}; {usage}"
+    return (
+        f"missing multipart field '{IMAGE_FIELD}': no field could be read from the "
+        f"multipart body (check its boundary and framing); {usage}"
+    )
+
+
+def _too_large_message() -> str:
+    limit = _settings().max_upload_bytes
+    length = request.content_length
+    if length is not None and length > limit:
+        return f"the request body is {length} bytes, over the limit of {limit} bytes"
+    # A chunked body (no Content-Length) over the limit, or a non-file form value over
+    # Flask's MAX_FORM_MEMORY_SIZE.
+    message = f"the request is too large: the body may hold at most {limit} bytes"
+    form_limit = request.max_form_memory_size
+    if form_limit is not None:
+        message += f", and a form value that is not a file at most {form_limit} bytes"
+    return message
 
 
 def _top_k(default: int, num_labels: int) -> int:

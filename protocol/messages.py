@@ -146,7 +146,7 @@ def peek_job_id(raw: bytes | str) -> str | None:
     """The job id of a message that may be malformed, so it can still get an error answer."""
     try:
         obj = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     job_id = obj.get("id") if isinstance(obj, dict) else None
     return job_id if isinstance(job_id, str) and _JOB_ID_RE.match(job_id) else None
@@ -237,7 +237,7 @@ def _dumps(obj: dict[str, Any]) -> bytes:
 def _loads_versioned(raw: bytes | str) -> dict[str, Any]:
     try:
         obj = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise MessageDecodeError(f"not JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise MessageDecodeError("message is not a JSON object")

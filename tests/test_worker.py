@@ -76,6 +76,7 @@ def test_bad_item_does_not_stop_the_batch(make_worker: Callable[..., Worker], qu
     failed = result(queue, bad_id)
     assert failed.error_code == "invalid_input" and "shape" in failed.error_message
     assert queue.held(worker.name) == 0 and queue.depth() == 0
+    assert queue.client.exists(queue.keys.result("-")) == 0  # garbage is acked, not answered
 
 
 def test_expired_items_are_not_computed(make_worker: Callable[..., Worker], queue: Queue) -> None:

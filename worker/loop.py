@@ -146,7 +146,11 @@ class Worker:
             max_attempts=self.settings.max_attempts,
             meta=meta,
         )
-        answers = [Answer(raw, r.id or None, encode_result(r)) for raw, r in sorted_items.failed]
+        # A message without a usable id cannot be answered: it is only acknowledged.
+        answers = [
+            Answer(raw, r.id, encode_result(r)) if r.id else Answer(raw, None, b"")
+            for raw, r in sorted_items.failed
+        ]
         answers += [Answer(raw, r.id, encode_result(r), dead=True) for raw, r in sorted_items.dead]
         answers += [Answer(raw, None, b"") for raw in sorted_items.expired]
         answers += self.predict_batch(sorted_items.ready, meta)
