@@ -12,8 +12,10 @@ import time
 
 from flask import Flask, Response, g, request
 
+from app import demo, metrics
 from app.auth import require_api_keys
 from app.errors import register_error_handlers
+from app.ops import bp as ops_bp
 from app.queueing import PredictionService
 from app.settings import AppSettings
 from app.views import bp
@@ -36,6 +38,8 @@ def create_app(settings: AppSettings | None = None) -> Flask:
     app.extensions["queuenet.settings"] = settings
     app.extensions["queuenet.service"] = PredictionService(queue, max_queue=settings.max_queue)
     app.register_blueprint(bp)
+    app.register_blueprint(ops_bp)
+    app.register_blueprint(demo.bp)  # GET /: the demo page (app/static/)
     register_error_handlers(app)
     app.before_request(_start_timer)
     if settings.api_keys:  # after the timer, so rejected requests are logged with their time
@@ -49,12 +53,23 @@ def _start_timer() -> None:
 
 
 def _log_request(response: Response) -> Response:
-    elapsed_ms = (time.monotonic() - g.get("started", time.monotonic())) * 1000.0
+    """One log line and one metrics sample per request; the job id also goes to the client."""
+    elapsed_s = time.monotonic() - g.get("started", time.monotonic())
+    job_id = g.get("job_id", "")
+    if job_id:
+        response.headers["X-Request-ID"] = job_id
+    code = g.get("error_code", "ok")
+    endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
+    metrics.observe(endpoint, response.status_code, code, elapsed_s)
     logger.info(
-        "request %s %s status=%d ms=%.1f",
+        "request %s %s status=%d code=%s ms=%.1f job_id=%s batch_id=%s worker=%s",
         request.method,
         request.path,
         response.status_code,
-        elapsed_ms,
+        code,
+        elapsed_s * 1000.0,
+        job_id or "-",
+        g.get("batch_id", "") or "-",
+        g.get("worker", "") or "-",
     )
     return response

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, g, jsonify
 from werkzeug.exceptions import HTTPException
 
 logger = logging.getLogger(__name__)
@@ -64,6 +64,7 @@ class PredictionFailedError(APIError):
 
 
 def error_response(status: int, code: str, message: str) -> Response:
+    g.error_code = code  # for the request log line and the metrics
     response = jsonify({"success": False, "error": {"code": code, "message": message}})
     response.status_code = status
     return response

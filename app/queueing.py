@@ -10,6 +10,7 @@ from contextlib import contextmanager
 
 import numpy as np
 import redis
+from flask import g
 
 from app.errors import (
     ModelUnavailableError,
@@ -80,7 +81,10 @@ class PredictionService:
     def predict(self, array: np.ndarray, *, top_k: int, deadline: float) -> PredictResult:
         """Enqueue ``array`` and wait until ``deadline`` (unix seconds) for its result."""
         job_id = uuid.uuid4().hex
-        request = PredictRequest.from_array(job_id, array, top_k=top_k, deadline=deadline)
+        g.job_id = job_id
+        request = PredictRequest.from_array(
+            job_id, array, top_k=top_k, deadline=deadline, enqueued=self.clock()
+        )
         with redis_errors_as_503():
             if not self.queue.push(encode_request(request), max_queue=self.max_queue):
                 raise QueueFullError(
@@ -97,9 +101,7 @@ class PredictionService:
             result = decode_result(raw)
         except MessageDecodeError as exc:
             raise PredictionFailedError(f"unreadable result for job {job_id}: {exc}") from None
+        g.batch_id, g.worker = result.batch_id, result.worker
         if not result.ok:
             raise PredictionFailedError(result.error_message, code=result.error_code)
-        logger.info(
-            "job done job_id=%s batch_id=%s worker=%s", job_id, result.batch_id, result.worker
-        )
         return result

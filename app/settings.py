@@ -37,6 +37,9 @@ class AppSettings:
     log_level: str = "INFO"
     log_format: str = "text"
     """``text`` or ``json`` (one JSON object per line)."""
+    prometheus_multiproc_dir: str = ""
+    """``PROMETHEUS_MULTIPROC_DIR``: where gunicorn's processes share their metrics (set by
+    ``queuenet web``/``serve``); empty means this process's metrics only."""
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     """Keys a client must send (``Authorization: Bearer`` or ``X-API-Key``); empty = no auth.
     Left out of ``repr`` so logging the settings never prints a key."""
@@ -56,6 +59,8 @@ class AppSettings:
             web_threads=env_int(env, "WEB_THREADS", 8, minimum=1, maximum=256),
             log_level=env_choice(env, "LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
             log_format=env_choice(env, "LOG_FORMAT", "text", ("text", "json")),
+            # prometheus_client's own variable, so it is not QUEUENET_-prefixed.
+            prometheus_multiproc_dir=env.get("PROMETHEUS_MULTIPROC_DIR", ""),
             api_keys=parse_api_keys(env_str(env, "API_KEYS", "")),
         )
 

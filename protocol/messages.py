@@ -36,11 +36,19 @@ class PredictRequest:
     deadline: float
     """Unix time in seconds after which nobody waits for the answer."""
     attempts: int = 0
-    """How many times a worker claimed this message and died before answering it."""
+    """How many times the message failed: its worker died, or the model raised on it."""
+    enqueued: float = 0.0
+    """Unix time in seconds when the web tier queued it (0 when unknown); for queue-wait metrics."""
 
     @classmethod
     def from_array(
-        cls, job_id: str, array: np.ndarray, *, top_k: int, deadline: float
+        cls,
+        job_id: str,
+        array: np.ndarray,
+        *,
+        top_k: int,
+        deadline: float,
+        enqueued: float = 0.0,
     ) -> PredictRequest:
         contiguous = np.ascontiguousarray(array)
         return cls(
@@ -50,6 +58,7 @@ class PredictRequest:
             data=base64.b64encode(contiguous.tobytes()).decode("ascii"),
             top_k=top_k,
             deadline=deadline,
+            enqueued=enqueued,
         )
 
 
@@ -117,6 +126,7 @@ def encode_request(request: PredictRequest) -> bytes:
             "top_k": request.top_k,
             "deadline": request.deadline,
             "attempts": request.attempts,
+            "enqueued": request.enqueued,
         }
     )
 
@@ -137,6 +147,7 @@ def decode_request(raw: bytes | str) -> PredictRequest:
             top_k=_positive_int(obj, "top_k", job_id),
             deadline=_finite_number(obj, "deadline", job_id),
             attempts=_positive_int(obj, "attempts", job_id, minimum=0),
+            enqueued=_optional_number(obj, "enqueued", job_id),
         )
     except KeyError as exc:
         raise MessageDecodeError(f"job {job_id}: field {exc.args[0]!r} is missing") from None
@@ -271,6 +282,10 @@ def _positive_int(obj: dict[str, Any], name: str, job_id: str, *, minimum: int =
     if not _is_int(value) or value < minimum:
         raise MessageDecodeError(f"job {job_id}: {name} must be an integer >= {minimum}")
     return int(value)
+
+
+def _optional_number(obj: dict[str, Any], name: str, job_id: str) -> float:
+    return _finite_number(obj, name, job_id) if name in obj else 0.0
 
 
 def _finite_number(obj: dict[str, Any], name: str, job_id: str) -> float:

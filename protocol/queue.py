@@ -258,6 +258,17 @@ class Queue:
             pipe.srem(self.keys.workers(), worker_name)
             pipe.execute()
 
+    def live_workers(self) -> list[str]:
+        """Registered workers whose heartbeat has not expired."""
+        names = [_as_bytes(n).decode() for n in self.client.smembers(self.keys.workers())]
+        if not names:
+            return []
+        with self.client.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.exists(self.keys.heartbeat(name))
+            alive = pipe.execute()
+        return sorted(name for name, up in zip(names, alive, strict=True) if up)
+
     def held(self, worker_name: str) -> int:
         return int(self.client.llen(self.keys.processing(worker_name)))
 

@@ -11,7 +11,9 @@ import argparse
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
 from app.settings import AppSettings
 from protocol.errors import SettingsError
@@ -44,6 +46,18 @@ def gunicorn_command(settings: AppSettings) -> list[str]:
         "--no-control-socket",
         "app.wsgi:app",
     ]
+
+
+def prepare_metrics_dir(env: dict[str, str], settings: AppSettings) -> None:
+    """Give gunicorn's processes an empty shared metrics directory (one per port, reused)."""
+    directory = Path(
+        env.get("PROMETHEUS_MULTIPROC_DIR")
+        or Path(tempfile.gettempdir()) / f"queuenet-metrics-{settings.port}"
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):  # samples of a previous run must not be added in
+        stale.unlink()
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -81,6 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"queuenet {args.command}: {exc}", file=sys.stderr)  # before logging exists
         return 2
+    prepare_metrics_dir(env, settings)
     if args.command == "web":
         os.execve(sys.executable, gunicorn_command(settings), env)
     configure_logging(settings.log_level, settings.log_format)

@@ -165,9 +165,10 @@ def test_health_is_open_without_a_key(keyed_client: FlaskClient) -> None:
     assert "/healthz" in EXEMPT_PATHS
     assert keyed_client.get("/healthz").status_code == 200
     assert keyed_client.head("/healthz").status_code == 200
-    # Exempt paths that do not exist (yet) are plain JSON 404s, not 401s.
+    # Readiness and metrics are for orchestrators and scrapers: answered without a key.
     response = keyed_client.get("/readyz")
-    assert response.status_code == 404 and response.get_json()["error"]["code"] == "not_found"
+    assert response.status_code == 503 and response.get_json()["ready"] is False  # no worker
+    assert keyed_client.get("/metrics").status_code == 200
 
 
 def test_with_a_key_routing_errors_stay_json(keyed_client: FlaskClient) -> None:
