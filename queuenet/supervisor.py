@@ -20,6 +20,7 @@ import redis
 from app.settings import AppSettings
 from protocol.connection import connect
 from protocol.keys import Keys
+from protocol.settings import env_int
 from queuenet.embedded_redis import EmbeddedRedis, EmbeddedRedisError
 from queuenet.processes import child_preexec
 
@@ -67,9 +68,13 @@ class Supervisor:
     def _run_children(self) -> int:
         from queuenet.cli import gunicorn_command
 
+        metrics_port = env_int(self.env, "METRICS_PORT", 0, minimum=0, maximum=65535)
         for index in range(self.num_workers):
-            self._spawn(f"worker-{index + 1}", [sys.executable, "-m", "worker"])
-        self._spawn("web", gunicorn_command(self.settings))
+            env = dict(self.env)
+            if metrics_port:  # one port per worker on this machine
+                env["QUEUENET_METRICS_PORT"] = str(metrics_port + index)
+            self._spawn(f"worker-{index + 1}", [sys.executable, "-m", "worker"], env)
+        self._spawn("web", gunicorn_command(self.settings), self.env)
         if not self._wait_ready():
             return 0 if self._stop.is_set() else 1
         url = f"http://{self.settings.host}:{self.settings.port}"
@@ -81,10 +86,10 @@ class Supervisor:
                 return 1
         return 0
 
-    def _spawn(self, name: str, command: list[str]) -> None:
+    def _spawn(self, name: str, command: list[str], env: dict[str, str]) -> None:
         # Own session: a terminal's Ctrl-C reaches only us, and we stop the children in order.
         process = subprocess.Popen(
-            command, env=self.env, start_new_session=True, preexec_fn=child_preexec
+            command, env=env, start_new_session=True, preexec_fn=child_preexec
         )
         logger.info("started %s pid=%d", name, process.pid)
         self.children.append((name, process))

@@ -67,6 +67,7 @@ def _text(value: bytes | str) -> str:
 
 def serve(settings: WorkerSettings) -> int:
     from worker.loop import Worker
+    from worker.metrics import serve_metrics
     from worker.model import warm_up, warmup_sizes
     from worker.registry import ModelLoadError, load_model
 
@@ -87,6 +88,7 @@ def serve(settings: WorkerSettings) -> int:
         settings.redis.redacted_url(),
         settings.redis.namespace,
     )
+    serve_metrics(settings.metrics_port)
     client = connect(settings.redis, blocking_timeout_s=settings.block_timeout_s + 1)
     worker = Worker(Queue(client, Keys(settings.redis.namespace)), model, settings)
 

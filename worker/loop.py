@@ -16,6 +16,7 @@ import redis
 
 from protocol.messages import PredictResult, encode_model_card, encode_request, encode_result
 from protocol.queue import Answer, Queue
+from worker import metrics
 from worker.batching import Item, stack, top_k, triage
 from worker.registry import LoadedModel
 from worker.settings import WorkerSettings
@@ -153,6 +154,13 @@ class Worker:
         ]
         answers += [Answer(raw, r.id, encode_result(r), dead=True) for raw, r in sorted_items.dead]
         answers += [Answer(raw, None, b"") for raw in sorted_items.expired]
+        now = self.clock()
+        for item in sorted_items.ready:
+            if item.request.enqueued > 0:
+                metrics.QUEUE_WAIT_SECONDS.observe(max(0.0, now - item.request.enqueued))
+        metrics.ITEMS.labels("failed").inc(len(sorted_items.failed))
+        metrics.ITEMS.labels("dead").inc(len(sorted_items.dead))
+        metrics.ITEMS.labels("expired").inc(len(sorted_items.expired))
         answers += self.predict_batch(sorted_items.ready, meta)
         self.write_results(answers)
         self.batches_done += 1
@@ -172,7 +180,10 @@ class Worker:
         if not items:
             return []
         try:
+            inference_started = time.monotonic()
             probabilities = self.model.predictor.predict(stack(items))
+            metrics.INFERENCE_SECONDS.observe(time.monotonic() - inference_started)
+            metrics.BATCH_SIZE.observe(len(items))
         except Exception as exc:  # a poison input must not take its batch-mates down with it
             if len(items) > 1:
                 logger.warning("batch of %d failed (%s); predicting one by one", len(items), exc)
@@ -185,6 +196,7 @@ class Worker:
             if not ok:  # NaN/inf: the model broke on this input; never serve it as a ranking
                 answers.append(self._failed(item, ValueError("non-finite model output"), meta))
                 continue
+            metrics.ITEMS.labels("predicted").inc()
             ranked = top_k(row, item.request.top_k, self.model.labels)
             result = PredictResult(id=item.request.id, ok=True, predictions=ranked, **meta)
             answers.append(Answer(item.raw, item.request.id, encode_result(result)))
@@ -201,9 +213,11 @@ class Worker:
                 attempts,
                 self.settings.max_attempts,
             )
+            metrics.ITEMS.labels("retried").inc()
             retry = encode_request(dataclasses.replace(request, attempts=attempts))
             return Answer(item.raw, request.id, b"", retry=retry)
         logger.error("giving up job_id=%s after %d attempts; dead-lettered", request.id, attempts)
+        metrics.ITEMS.labels("dead").inc()
         result = PredictResult.failure(
             request.id,
             "prediction_failed",

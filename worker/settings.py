@@ -49,6 +49,8 @@ class WorkerSettings:
     """TensorFlow threads inside one op; 0 lets TensorFlow choose (one per core)."""
     tf_inter_op_threads: int = 0
     """TensorFlow ops run in parallel; 0 lets TensorFlow choose."""
+    metrics_port: int = 0
+    """TCP port of this worker's Prometheus ``/metrics``; 0 serves none."""
     log_level: str = "INFO"
     log_format: str = "text"
 
@@ -72,6 +74,7 @@ class WorkerSettings:
             worker_name=env_str(env, "WORKER_NAME", ""),
             tf_intra_op_threads=env_int(env, "TF_INTRA_OP_THREADS", 0, minimum=0),
             tf_inter_op_threads=env_int(env, "TF_INTER_OP_THREADS", 0, minimum=0),
+            metrics_port=env_int(env, "METRICS_PORT", 0, minimum=0, maximum=65535),
             log_level=env_choice(env, "LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
             log_format=env_choice(env, "LOG_FORMAT", "text", ("text", "json")),
         )
