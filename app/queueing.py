@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import numpy as np
@@ -13,6 +13,7 @@ import redis
 from flask import g
 
 from app.errors import (
+    APIError,
     ModelUnavailableError,
     PredictionFailedError,
     PredictionTimeoutError,
@@ -78,30 +79,47 @@ class PredictionService:
         except MessageDecodeError as exc:
             raise ModelUnavailableError(f"the published model card is unusable: {exc}") from None
 
-    def predict(self, array: np.ndarray, *, top_k: int, deadline: float) -> PredictResult:
-        """Enqueue ``array`` and wait until ``deadline`` (unix seconds) for its result."""
-        job_id = uuid.uuid4().hex
-        g.job_id = job_id
-        request = PredictRequest.from_array(
-            job_id, array, top_k=top_k, deadline=deadline, enqueued=self.clock()
-        )
+    def predict(
+        self, arrays: Sequence[np.ndarray], *, top_k: int, deadline: float
+    ) -> list[PredictResult | APIError]:
+        """Enqueue every array (all or none) and wait until ``deadline`` (unix seconds) for
+        their results; one entry per array, in order: a result, or the error for that image.
+
+        Redis failures and a full queue concern the whole request and are raised.
+        """
+        now = self.clock()
+        requests = [
+            PredictRequest.from_array(
+                uuid.uuid4().hex, array, top_k=top_k, deadline=deadline, enqueued=now
+            )
+            for array in arrays
+        ]
+        g.job_id = ",".join(r.id for r in requests)
         with redis_errors_as_503():
-            if not self.queue.push(encode_request(request), max_queue=self.max_queue):
+            if not self.queue.push([encode_request(r) for r in requests], max_queue=self.max_queue):
                 raise QueueFullError(
-                    f"the queue holds {self.max_queue} requests already; retry later",
+                    f"the queue is full ({self.max_queue} requests); retry later",
                     retry_after_s=RETRY_AFTER_S,
                 )
-            raw = self.queue.wait_result(job_id, deadline - self.clock())
-        if raw is None:
-            raise PredictionTimeoutError(
-                f"no prediction within the deadline (job {job_id}); the model workers are "
-                "busy or not running"
-            )
-        try:
-            result = decode_result(raw)
-        except MessageDecodeError as exc:
-            raise PredictionFailedError(f"unreadable result for job {job_id}: {exc}") from None
-        g.batch_id, g.worker = result.batch_id, result.worker
-        if not result.ok:
-            raise PredictionFailedError(result.error_message, code=result.error_code)
-        return result
+            # Waiting for each in turn costs nothing extra: the last to finish sets the pace.
+            raws = [self.queue.wait_result(r.id, deadline - self.clock()) for r in requests]
+        outcomes = [_outcome(r.id, raw) for r, raw in zip(requests, raws, strict=True)]
+        answered = [o for o in outcomes if isinstance(o, PredictResult)]
+        g.batch_id = ",".join(sorted({o.batch_id for o in answered if o.batch_id}))
+        g.worker = ",".join(sorted({o.worker for o in answered if o.worker}))
+        return outcomes
+
+
+def _outcome(job_id: str, raw: bytes | None) -> PredictResult | APIError:
+    if raw is None:
+        return PredictionTimeoutError(
+            f"no prediction within the deadline (job {job_id}); the model workers are "
+            "busy or not running"
+        )
+    try:
+        result = decode_result(raw)
+    except MessageDecodeError as exc:
+        return PredictionFailedError(f"unreadable result for job {job_id}: {exc}")
+    if not result.ok:
+        return PredictionFailedError(result.error_message, code=result.error_code)
+    return result

@@ -26,6 +26,8 @@ class AppSettings:
     """Requests allowed to wait in the queue; beyond that /predict answers 503 + Retry-After."""
     default_top_k: int = 5
     """Predictions returned when the request does not say ``top_k``."""
+    max_images_per_request: int = 32
+    """Images one request may carry (repeated ``image`` fields or JSON ``images``)."""
     host: str = "127.0.0.1"
     """Address gunicorn binds to."""
     port: int = 5000
@@ -53,6 +55,9 @@ class AppSettings:
             max_image_pixels=env_int(env, "MAX_IMAGE_PIXELS", 40_000_000, minimum=1),
             max_queue=env_int(env, "MAX_QUEUE", 1000, minimum=1),
             default_top_k=env_int(env, "DEFAULT_TOP_K", 5, minimum=1),
+            max_images_per_request=env_int(
+                env, "MAX_IMAGES_PER_REQUEST", 32, minimum=1, maximum=1024
+            ),
             host=env_str(env, "HOST", "127.0.0.1"),
             port=env_int(env, "PORT", 5000, minimum=1, maximum=65535),
             web_processes=env_int(env, "WEB_PROCESSES", 2, minimum=1, maximum=64),

@@ -6,19 +6,19 @@ import logging
 import time
 from typing import Any
 
+import numpy as np
 from flask import Blueprint, Response, current_app, jsonify, request
-from werkzeug.exceptions import RequestEntityTooLarge
 
-from app.errors import InvalidImageError, InvalidRequestError
+from app.errors import APIError, InvalidImageError, InvalidRequestError
 from app.preprocess import ImageDecodeError, image_to_input
 from app.queueing import PredictionService
 from app.settings import AppSettings
+from app.uploads import IMAGE_FIELD, Uploads, read_uploads
+from protocol.messages import ModelCard, PredictResult
 
 logger = logging.getLogger(__name__)
 
 bp = Blueprint("api", __name__)
-
-IMAGE_FIELD = "image"
 
 
 def _settings() -> AppSettings:
@@ -39,77 +39,47 @@ def healthz() -> Response:
 
 @bp.post("/predict")
 def predict() -> Response:
-    """Classify the uploaded image; answers the top-k labels, highest probability first."""
+    """Classify the uploaded image(s); answers the top-k labels, highest probability first."""
     settings = _settings()
     deadline = time.time() + settings.predict_timeout_s
-    data = _uploaded_image()
+    uploads = read_uploads(request, max_images=settings.max_images_per_request)
     service = _service()
     card = service.model_card()
-    top_k = _top_k(settings.default_top_k, card.num_labels)
+    top_k = _top_k(uploads.top_k, settings.default_top_k, card.num_labels)
+    prepared = [_prepare(data, i, uploads, card) for i, data in enumerate(uploads.images)]
+    arrays = [p for p in prepared if isinstance(p, np.ndarray)]
+    answers = iter(service.predict(arrays, top_k=top_k, deadline=deadline) if arrays else [])
+    outcomes = [next(answers) if isinstance(p, np.ndarray) else p for p in prepared]
+    if not uploads.many:
+        if isinstance(outcomes[0], APIError):
+            raise outcomes[0]
+        return jsonify({"success": True, "predictions": _predictions(outcomes[0])})
+    return jsonify({"success": True, "results": [_entry(o) for o in outcomes]})
+
+
+def _prepare(data: bytes, index: int, uploads: Uploads, card: ModelCard) -> np.ndarray | APIError:
+    where = f"image {index + 1}" if uploads.many else f"field '{IMAGE_FIELD}'"
     try:
-        array = image_to_input(data, card, max_pixels=settings.max_image_pixels)
+        return image_to_input(data, card, max_pixels=_settings().max_image_pixels)
     except ImageDecodeError as exc:
-        raise InvalidImageError(f"field '{IMAGE_FIELD}': {exc}") from None
-    result = service.predict(array, top_k=top_k, deadline=deadline)
-    predictions: list[dict[str, Any]] = [
+        return InvalidImageError(f"{where}: {exc}")
+
+
+def _predictions(result: PredictResult) -> list[dict[str, Any]]:
+    return [
         {"label": p.label, "probability": p.probability, "index": p.index}
         for p in result.predictions
     ]
-    return jsonify({"success": True, "predictions": predictions})
 
 
-def _uploaded_image() -> bytes:
-    try:
-        files = request.files.getlist(IMAGE_FIELD)
-    except RequestEntityTooLarge:
-        raise RequestEntityTooLarge(_too_large_message()) from None
-    if not files:
-        raise InvalidRequestError(_missing_image_message())
-    if len(files) > 1:
-        raise InvalidRequestError(
-            f"{len(files)} '{IMAGE_FIELD}' fields received; send one image per request"
-        )
-    data: bytes = files[0].read()
-    return data
+def _entry(outcome: PredictResult | APIError) -> dict[str, Any]:
+    if isinstance(outcome, APIError):
+        error = {"code": outcome.code, "message": outcome.message, "status": outcome.status_code}
+        return {"success": False, "error": error}
+    return {"success": True, "predictions": _predictions(outcome)}
 
 
-def _missing_image_message() -> str:
-    """Why no file field 'image' arrived, in terms of what the client actually sent."""
-    usage = (
-        f"send the image as a file in multipart field '{IMAGE_FIELD}' "
-        f"(`curl -F {IMAGE_FIELD}=@photo.jpg`, multipart/form-data)"
-    )
-    if IMAGE_FIELD in request.form:
-        return f"field '{IMAGE_FIELD}' arrived as a plain form value, not a file upload; {usage}"
-    received = sorted(set(request.files) | set(request.form))
-    if received:
-        fields = ", ".join(received)
-        return f"missing multipart field '{IMAGE_FIELD}'; received field(s): {fields}; {usage}"
-    if request.mimetype != "multipart/form-data":
-        got = f"Content-Type {request.mimetype!r}" if request.mimetype else "no Content-Type"
-        return f"missing multipart field '{IMAGE_FIELD}': the body has {got}; {usage}"
-    return (
-        f"missing multipart field '{IMAGE_FIELD}': no field could be read from the "
-        f"multipart body (check its boundary and framing); {usage}"
-    )
-
-
-def _too_large_message() -> str:
-    limit = _settings().max_upload_bytes
-    length = request.content_length
-    if length is not None and length > limit:
-        return f"the request body is {length} bytes, over the limit of {limit} bytes"
-    # A chunked body (no Content-Length) over the limit, or a non-file form value over
-    # Flask's MAX_FORM_MEMORY_SIZE.
-    message = f"the request is too large: the body may hold at most {limit} bytes"
-    form_limit = request.max_form_memory_size
-    if form_limit is not None:
-        message += f", and a form value that is not a file at most {form_limit} bytes"
-    return message
-
-
-def _top_k(default: int, num_labels: int) -> int:
-    raw = request.args.get("top_k")
+def _top_k(raw: str | None, default: int, num_labels: int) -> int:
     if raw is None:
         return min(default, num_labels)
     try:

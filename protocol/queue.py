@@ -24,10 +24,11 @@ MAX_CLAIM = 1024
 FILL_SAFETY_TIMEOUT_S = 1
 """Server-side bound of a batch-fill BLMOVE, should its CLIENT UNBLOCK ever not arrive."""
 
-# Enqueue only while the queue is below its bound, so a full queue enqueues nothing.
+# Enqueue only while all the messages fit under the bound: a full queue enqueues nothing, and
+# a multi-image request is queued whole or not at all.
 _PUSH_IF_ROOM = """
-if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[1]) then return -1 end
-return redis.call('RPUSH', KEYS[1], ARGV[2])
+if redis.call('LLEN', KEYS[1]) + #ARGV - 1 > tonumber(ARGV[1]) then return -1 end
+return redis.call('RPUSH', KEYS[1], unpack(ARGV, 2))
 """
 
 # LRANGE + LTRIM + RPUSH in one step: two workers never get the same item, and a claimed item
@@ -111,9 +112,10 @@ class Queue:
 
     # --- web side ----------------------------------------------------------------------------
 
-    def push(self, message: bytes, *, max_queue: int) -> bool:
-        """Append a request; False (nothing enqueued) when ``max_queue`` items are waiting."""
-        return int(self._push_if_room(keys=[self.keys.queue()], args=[max_queue, message])) >= 0
+    def push(self, messages: Sequence[bytes], *, max_queue: int) -> bool:
+        """Append requests; False (nothing enqueued) when they would not fit in ``max_queue``."""
+        args: list[bytes | int] = [max_queue, *messages]
+        return int(self._push_if_room(keys=[self.keys.queue()], args=args)) >= 0
 
     def depth(self) -> int:
         return int(self.client.llen(self.keys.queue()))

@@ -90,14 +90,63 @@ def test_truncated_png(client: FlaskClient, running_worker: Worker) -> None:
     assert_error(post_image(client, data[: len(data) // 2]), 400, "invalid_image", "truncated")
 
 
-def test_several_image_fields_are_refused(client: FlaskClient, running_worker: Worker) -> None:
-    png = solid_png((1, 2, 3))
+def test_several_image_fields_get_results_in_order(
+    client: FlaskClient, running_worker: Worker
+) -> None:
+    colours = [(250, 5, 5), (5, 250, 5), (5, 5, 250)]
     response = client.post(
-        "/predict",
-        data={"image": [(io.BytesIO(png), "a.png"), (io.BytesIO(png), "b.png")]},
+        "/predict?top_k=1",
+        data={"image": [(io.BytesIO(solid_png(c)), f"{i}.png") for i, c in enumerate(colours)]},
         content_type="multipart/form-data",
     )
-    assert_error(response, 400, "invalid_request", "2 'image' fields")
+    assert response.status_code == 200, response.get_data(as_text=True)
+    results = response.get_json()["results"]
+    assert [r["predictions"][0]["label"] for r in results] == ["red", "green", "blue"]
+    assert all(len(r["predictions"]) == 1 for r in results)
+    assert len(response.headers["X-Request-ID"].split(",")) == 3
+
+
+def test_json_single_image(client: FlaskClient, running_worker: Worker) -> None:
+    import base64
+
+    image = base64.b64encode(solid_png((5, 250, 5))).decode()
+    response = client.post("/predict", json={"image": image, "top_k": 2})
+    assert response.status_code == 200, response.get_data(as_text=True)
+    predictions = response.get_json()["predictions"]
+    assert predictions[0]["label"] == "green" and len(predictions) == 2
+
+
+def test_json_images_with_a_data_url_and_a_bad_one(
+    client: FlaskClient, running_worker: Worker
+) -> None:
+    import base64
+
+    good = base64.b64encode(solid_png((5, 5, 250))).decode()
+    response = client.post(
+        "/predict?top_k=3",
+        json={"images": [f"data:image/png;base64,{good}", base64.b64encode(b"txt").decode()]},
+    )
+    assert response.status_code == 200
+    first, second = response.get_json()["results"]
+    assert first["predictions"][0]["label"] == "blue" and len(first["predictions"]) == 3
+    assert second == {
+        "success": False,
+        "error": {"code": "invalid_image", "status": 400, "message": second["error"]["message"]},
+    }
+    assert second["error"]["message"].startswith("image 2: ")
+
+
+def test_multi_image_request_is_queued_whole_or_not_at_all(
+    redis_settings: RedisSettings, running_worker: Worker
+) -> None:
+    client = create_app(AppSettings(redis=redis_settings, max_queue=2)).test_client()
+    running_worker.request_stop()  # nothing drains the queue now
+    png = solid_png((1, 2, 3))
+    response = client.post(
+        "/predict", data={"image": [(io.BytesIO(png), f"{i}.png") for i in range(3)]}
+    )
+    assert_error(response, 503, "queue_full")
+    assert client.application.extensions["redis"].llen(f"{redis_settings.namespace}:queue") == 0
 
 
 def test_body_over_limit_is_413(client: FlaskClient, app_settings: AppSettings) -> None:

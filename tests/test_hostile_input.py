@@ -484,20 +484,42 @@ def test_wrong_field_name(url: str) -> None:
     )
 
 
-def test_two_image_fields(url: str) -> None:
-    png = encode(solid(RED), "PNG")
-    files = [("image", ("a.png", png)), ("image", ("b.png", png))]
+def test_two_image_fields_get_one_result_each(url: str) -> None:
+    files = [("image", ("a.png", encode(solid(RED), "PNG"))), ("image", ("b.txt", b"text"))]
     response = requests.post(f"{url}/predict", files=files, timeout=30)
-    assert_error(response, 400, "invalid_request", "2 'image' fields received; send one")
+    assert response.status_code == 200, response.text
+    first, second = response.json()["results"]
+    assert first["success"] is True and first["predictions"][0]["label"] == "red"
+    assert second["success"] is False and second["error"]["code"] == "invalid_image"
+    assert "image 2" in second["error"]["message"] and second["error"]["status"] == 400
 
 
-def test_json_body_is_told_to_use_multipart(url: str) -> None:
-    # JSON bodies are another issue's work; until then the 400 says what is expected.
-    image = base64.b64encode(encode(solid(RED), "PNG")).decode()
-    response = requests.post(f"{url}/predict", json={"image": image}, timeout=30)
-    assert_error(
-        response, 400, "invalid_request", "Content-Type 'application/json'.*multipart field 'image'"
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        ({"img": "x"}, "either 'image'"),
+        ({"image": "a", "images": ["b"]}, "either 'image'"),
+        ([1, 2], "either 'image'"),
+        ({"image": 42}, "'image' must be a base64 string"),
+        ({"image": "not base64!"}, "'image' is not valid base64"),
+        ({"images": []}, "non-empty list"),
+        ({"images": ["aGk=", 7]}, r"'images\[1\]' must be a base64 string"),
+        ({"images": ["aGk="] * 40}, "40 images in one request; at most 32"),
+    ],
+)
+def test_bad_json_bodies(url: str, body: object, words: str) -> None:
+    response = requests.post(f"{url}/predict", json=body, timeout=30)
+    assert_error(response, 400, "invalid_request", words)
+
+
+def test_json_that_does_not_parse(url: str) -> None:
+    response = requests.post(
+        f"{url}/predict",
+        data=b"{not json",
+        headers={"Content-Type": "application/json"},
+        timeout=30,
     )
+    assert_error(response, 400, "invalid_request", "not valid JSON")
 
 
 @pytest.mark.parametrize(

@@ -58,10 +58,11 @@ def test_concurrent_claimers_never_share_an_item_and_lose_none(
 
 
 def test_push_respects_max_queue(queue: Queue) -> None:
-    assert queue.push(b"a", max_queue=2)
-    assert queue.push(b"b", max_queue=2)
-    assert not queue.push(b"c", max_queue=2)
-    assert queue.depth() == 2
+    assert queue.push([b"a"], max_queue=3)
+    assert not queue.push([b"b", b"c", b"d"], max_queue=3)  # all or nothing
+    assert queue.push([b"b", b"c"], max_queue=3)
+    assert not queue.push([b"e"], max_queue=3)
+    assert queue.client.lrange(queue.keys.queue(), 0, -1) == [b"a", b"b", b"c"]
 
 
 def test_answer_publishes_result_with_ttl_and_acks(queue: Queue) -> None:
