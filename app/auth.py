@@ -3,7 +3,8 @@
 A key travels as ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``. The check runs
 before routing is looked at, so an anonymous client gets the same 401 on every path and
 method (``/predict``, a typo, ``OPTIONS``): nothing about the API can be enumerated without a
-key. Only ``EXEMPT_PATHS`` (health checks for load balancers and orchestrators) stay open.
+key. Only ``EXEMPT_PATHS`` (health checks for load balancers and orchestrators, the demo page)
+and ``EXEMPT_PREFIXES`` (its static files) stay open.
 
 The received key is compared with every configured key, without stopping at a match, and
 through SHA-256 digests, so the time taken says neither which key matched, nor how many there
@@ -23,8 +24,10 @@ from app.errors import error_response
 
 logger = logging.getLogger(__name__)
 
-EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
-"""Paths answered without a key (whether or not the route exists)."""
+EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/"})
+"""Paths answered without a key (whether or not the route exists); ``/`` is the demo page."""
+EXEMPT_PREFIXES = ("/static/",)
+"""The demo page's stylesheet, script and icon: no data, so no key (the page asks for one)."""
 REALM = "queuenet"
 HOW_TO_SEND = "send it as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
 
@@ -33,13 +36,13 @@ def require_api_keys(app: Flask, keys: Sequence[str]) -> None:
     """Register the check on ``app``; call after any timing hook so rejections are timed."""
     digests = tuple(_digest(key) for key in keys)
     app.before_request(_make_check(digests))
-    open_paths = ", ".join(sorted(EXEMPT_PATHS))
+    open_paths = ", ".join(sorted(EXEMPT_PATHS) + [f"{p}*" for p in EXEMPT_PREFIXES])
     logger.info("API keys required (%d configured); open paths: %s", len(digests), open_paths)
 
 
 def _make_check(digests: tuple[bytes, ...]) -> Callable[[], Response | None]:
     def check_api_key() -> Response | None:
-        if request.path in EXEMPT_PATHS:
+        if request.path in EXEMPT_PATHS or request.path.startswith(EXEMPT_PREFIXES):
             return None
         candidates = _presented_keys()
         if not candidates:
