@@ -1,4 +1,5 @@
-"""Operational endpoints: ``GET /readyz`` and ``GET /metrics`` (``/healthz`` is in views)."""
+"""Operational endpoints: ``GET /readyz``, ``GET /metrics`` and ``GET /openapi.json``
+(``/healthz`` is in views)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from flask import Blueprint, Response, current_app, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.metrics import render
+from app.openapi import openapi_document
 from app.queueing import PredictionService
 from app.settings import AppSettings
 
@@ -56,3 +58,10 @@ def metrics() -> Response:
     settings: AppSettings = current_app.extensions["queuenet.settings"]
     body = render(_service().queue, settings.prometheus_multiproc_dir)
     return Response(body, mimetype=CONTENT_TYPE_LATEST)
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    """The OpenAPI 3.1 description of this server's API, with this deployment's limits."""
+    settings: AppSettings = current_app.extensions["queuenet.settings"]
+    return jsonify(openapi_document(settings))

@@ -35,6 +35,10 @@ logger = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 1
 """Retry-After advertised with a 503 for a full queue or an unreachable Redis."""
+CARD_TTL_S = 1.0
+"""How long a web process reuses the model card it read (one Redis round trip less per
+request); a new model's card is picked up within this time, and the worker checks every
+message against its own card anyway."""
 
 
 @contextmanager
@@ -64,8 +68,18 @@ class PredictionService:
         self.queue = queue
         self.max_queue = max_queue
         self.clock = clock
+        self._card: tuple[float, ModelCard] | None = None
 
     def model_card(self) -> ModelCard:
+        """The published model card, re-read from Redis at most every CARD_TTL_S seconds."""
+        cached = self._card
+        if cached is not None and time.monotonic() - cached[0] < CARD_TTL_S:
+            return cached[1]
+        card = self._read_model_card()
+        self._card = (time.monotonic(), card)
+        return card
+
+    def _read_model_card(self) -> ModelCard:
         with redis_errors_as_503():
             raw = self.queue.client.get(self.queue.keys.model_card())
         if raw is None:

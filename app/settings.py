@@ -34,8 +34,9 @@ class AppSettings:
     """TCP port gunicorn binds to."""
     web_processes: int = 2
     """gunicorn worker processes."""
-    web_threads: int = 8
-    """Threads per gunicorn process (each in-flight request holds one while it waits)."""
+    web_threads: int = 32
+    """Threads per gunicorn process. Each in-flight request holds one while it waits for its
+    result, so processes x threads bounds the requests in flight (and the batch sizes)."""
     log_level: str = "INFO"
     log_format: str = "text"
     """``text`` or ``json`` (one JSON object per line)."""
@@ -61,7 +62,7 @@ class AppSettings:
             host=env_str(env, "HOST", "127.0.0.1"),
             port=env_int(env, "PORT", 5000, minimum=1, maximum=65535),
             web_processes=env_int(env, "WEB_PROCESSES", 2, minimum=1, maximum=64),
-            web_threads=env_int(env, "WEB_THREADS", 8, minimum=1, maximum=256),
+            web_threads=env_int(env, "WEB_THREADS", 32, minimum=1, maximum=256),
             log_level=env_choice(env, "LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
             log_format=env_choice(env, "LOG_FORMAT", "text", ("text", "json")),
             # prometheus_client's own variable, so it is not QUEUENET_-prefixed.

@@ -139,17 +139,27 @@ class Queue:
         return [_as_bytes(item) for item in self._claim(keys=keys, args=[count])]
 
     def block_claim(
-        self, worker_name: str, max_items: int, *, block_timeout_s: float, batch_wait_s: float
+        self,
+        worker_name: str,
+        max_items: int,
+        *,
+        block_timeout_s: float,
+        batch_wait_s: float,
+        busy: bool = True,
     ) -> list[bytes]:
         """Wait up to ``block_timeout_s`` for work, then claim a batch of up to ``max_items``.
 
-        Everything already queued is taken at once. If the batch is not full, wait at most
-        ``batch_wait_s`` more for further items (blocking on Redis, never sleeping).
+        Everything already queued is taken at once. If the batch is not full and there is
+        traffic (``busy``, or more than one item was waiting), wait at most ``batch_wait_s``
+        more for further items (blocking on Redis, never sleeping). A lone request on an idle
+        queue is not held back waiting for company.
         """
         first = self._move_one(worker_name, block_timeout_s)
         if first is None:
             return []
         items = [first, *self.claim(worker_name, max_items - 1)]
+        if not busy and len(items) == 1:
+            return items
         fill_deadline = time.monotonic() + batch_wait_s
         while len(items) < max_items:
             left_s = fill_deadline - time.monotonic()

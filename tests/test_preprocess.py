@@ -111,3 +111,17 @@ def test_tiny_and_elongated_images_are_prepared() -> None:
     for size in ((1, 1), (1000, 2), (3, 900)):
         out = image_to_input(image_bytes(size), CARD, max_pixels=LIMIT)
         assert out.shape == (224, 224, 3)
+
+
+def test_large_jpeg_is_decoded_at_reduced_scale() -> None:
+    """Pillow's draft mode: a 2400x1600 JPEG decodes at 1/4 scale, still large enough for a
+    224 crop of 0.875, and the model input barely changes."""
+    big = Image.open(io.BytesIO(image_bytes((300, 200), seed=5))).resize((2400, 1600))
+    buffer = io.BytesIO()
+    big.save(buffer, format="JPEG", quality=90)
+    data = buffer.getvalue()
+    assert decode_image(data, max_pixels=LIMIT, min_short_side=256).size == (600, 400)
+    assert decode_image(data, max_pixels=LIMIT).size == (2400, 1600)
+    reduced = image_to_input(data, CARD, max_pixels=LIMIT).astype(np.int16)
+    full = prepare(decode_image(data, max_pixels=LIMIT), CARD).astype(np.int16)
+    assert np.abs(reduced - full).mean() < 2.0

@@ -118,10 +118,12 @@ def test_wait_result_blocks_until_pushed(queue: Queue) -> None:
         time.sleep(0.2)
         queue.client.lpush(queue.keys.result(job), b"done")
 
-    threading.Thread(target=later).start()
+    pusher = threading.Thread(target=later)
+    pusher.start()
     started = time.monotonic()
     assert queue.wait_result(job, 5.0) == b"done"
     assert time.monotonic() - started < 2.0
+    pusher.join(timeout=5)
 
 
 def test_wait_result_times_out(queue: Queue) -> None:
@@ -151,6 +153,15 @@ def test_batch_fill_wait_picks_up_late_items(queue: Queue) -> None:
         time.sleep(0.05)
         queue.client.rpush(queue.keys.queue(), b"late")
 
-    threading.Thread(target=later).start()
+    pusher = threading.Thread(target=later)
+    pusher.start()
     got = queue.block_claim("w1", 2, block_timeout_s=1.0, batch_wait_s=1.0)
+    pusher.join(timeout=5)  # the push must not outlive the test's Redis client
     assert got[-1] == b"late" and len(got) == 2
+
+
+def test_a_lone_item_on_an_idle_queue_is_not_held_back(queue: Queue) -> None:
+    fill(queue, 1)
+    started = time.monotonic()
+    got = queue.block_claim("w1", 8, block_timeout_s=1.0, batch_wait_s=0.5, busy=False)
+    assert len(got) == 1 and time.monotonic() - started < 0.25

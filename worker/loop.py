@@ -48,6 +48,7 @@ class Worker:
         self._backoff_s = BACKOFF_INITIAL_S
         self._started = False
         self.batches_done = 0
+        self._last_batch_size = 0
         self.fatal_error = ""
         """Set when the loop stopped on an error that retrying cannot fix."""
 
@@ -129,12 +130,15 @@ class Worker:
         self._next_beat = now + self.settings.heartbeat_ttl_s / 3.0
 
     def dequeue_batch(self) -> list[bytes]:
-        return self.queue.block_claim(
+        items = self.queue.block_claim(
             self.name,
             self.settings.batch_size,
             block_timeout_s=self.settings.block_timeout_s,
             batch_wait_s=self.settings.batch_wait_ms / 1000.0,
+            busy=self._last_batch_size > 1,
         )
+        self._last_batch_size = len(items)
+        return items
 
     def process(self, raw_items: Sequence[bytes]) -> None:
         """Answer every claimed item exactly once: predicted, failed, expired or dead."""

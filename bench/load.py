@@ -1,0 +1,134 @@
+"""Closed-loop load generator: C clients post real photos for D seconds after a warm-up.
+
+    python -m bench.load --url http://127.0.0.1:5000 --concurrency 32 --duration-s 20
+
+Each client keeps one HTTP/1.1 connection (stdlib ``http.client``, pre-encoded multipart
+bodies, so the generator itself stays cheap) and sends the next request as soon as the last
+is answered. Prints req/s, p50/p95/p99 latency, errors by status and the generator's own CPU
+use (in cores), which competes with the service on a small machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import http.client
+import json
+import statistics
+import sys
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+PHOTOS = sorted((ROOT / "tests" / "data").glob("*.png"))
+
+
+@dataclass
+class LoadResult:
+    concurrency: int
+    duration_s: float
+    requests: int
+    requests_per_s: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    errors: dict[str, int]
+    client_cpu_cores: float
+
+
+def multipart(photo: Path) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{photo.name}"'
+        "\r\nContent-Type: image/png\r\n\r\n"
+    ).encode()
+    return head + photo.read_bytes() + f"\r\n--{boundary}--\r\n".encode(), boundary
+
+
+def quantile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def run(url: str, concurrency: int, duration_s: float, warmup_s: float) -> LoadResult:
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    bodies = [multipart(photo) for photo in PHOTOS]
+    lock = threading.Lock()
+    latencies: list[float] = []
+    statuses: collections.Counter[str] = collections.Counter()
+    start_at = time.monotonic() + warmup_s
+    stop_at = start_at + duration_s
+
+    def client(index: int) -> None:
+        connection = http.client.HTTPConnection(host, port, timeout=60)
+        n = index
+        while (now := time.monotonic()) < stop_at:
+            body, boundary = bodies[n % len(bodies)]
+            n += 1
+            headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+            started = time.perf_counter()
+            try:
+                connection.request("POST", "/predict", body=body, headers=headers)
+                response = connection.getresponse()
+                response.read()
+                status = str(response.status)
+            except (OSError, http.client.HTTPException) as exc:
+                status = type(exc).__name__
+                connection.close()
+                connection = http.client.HTTPConnection(host, port, timeout=60)
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            if now >= start_at:  # requests sent during the warm-up do not count
+                with lock:
+                    statuses[status] += 1
+                    if status == "200":
+                        latencies.append(elapsed_ms)
+        connection.close()
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    time.sleep(warmup_s)
+    cpu_warm = time.process_time()
+    for thread in threads:
+        thread.join()
+    cpu_used = time.process_time() - cpu_warm
+    total = sum(statuses.values())
+    return LoadResult(
+        concurrency=concurrency,
+        duration_s=duration_s,
+        requests=total,
+        requests_per_s=statuses["200"] / duration_s,
+        p50_ms=statistics.median(latencies) if latencies else float("nan"),
+        p95_ms=quantile(latencies, 0.95),
+        p99_ms=quantile(latencies, 0.99),
+        errors={k: v for k, v in statuses.items() if k != "200"},
+        client_cpu_cores=cpu_used / duration_s,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default="http://127.0.0.1:5000")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--duration-s", type=float, default=20)
+    parser.add_argument("--warmup-s", type=float, default=3)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    result = run(args.url, args.concurrency, args.duration_s, args.warmup_s)
+    if args.json:
+        sys.stdout.write(json.dumps(asdict(result)) + "\n")
+    else:
+        for name, value in asdict(result).items():
+            sys.stdout.write(f"{name:<18} {value}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
