@@ -1,0 +1,242 @@
+"""The whole benchmark in one command: bare model, then the service under load, side by side.
+
+    python -m bench.run [--concurrency 1,4,16,32] [--duration-s 20] [--repeats 3]
+                        [--chart docs/bench.png] [--serve-arg --workers=1]
+
+1. ``bench.raw_model`` in its own process: the bare ``tf.function`` model at batch 1 and at
+   ``QUEUENET_BATCH_SIZE``, and the bare in-process pipeline (decode + resize + model).
+2. ``queuenet serve`` (private Redis, gunicorn, worker) with the settings in the environment.
+3. ``bench.load`` in its own process for every concurrency, ``--repeats`` times; medians.
+   The worker's mean batch size comes from its Prometheus metrics; RSS from /proc.
+Prints one table with the ratios to the bare model, and draws the chart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run_json(args: list[str], env: dict[str, str]) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, "-m", *args, "--json"], env=env, cwd=ROOT, capture_output=True,
+        text=True, check=True, timeout=1800,
+    )  # fmt: skip
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def scrape(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    values = {}
+    for name in ("queuenet_worker_batch_size_sum", "queuenet_worker_batch_size_count"):
+        match = re.search(rf"^{name} (\S+)$", text, flags=re.M)
+        values[name] = float(match.group(1)) if match else 0.0
+    return values
+
+
+def rss_mb(pattern: str) -> list[float]:
+    """Resident memory of the processes whose command line contains ``pattern``."""
+    sizes = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            if pattern not in cmdline or "bench." in cmdline:
+                continue
+            status = (proc / "status").read_text()
+        except OSError:
+            continue
+        match = re.search(r"^VmRSS:\s+(\d+) kB", status, flags=re.M)
+        if match:
+            sizes.append(int(match.group(1)) / 1024)
+    return sizes
+
+
+def start_service(env: dict[str, str], port: int, serve_args: list[str]) -> subprocess.Popen[bytes]:
+    log = open(Path(tempfile.gettempdir()) / f"bench-serve-{port}.log", "wb")  # noqa: SIM115
+    process = subprocess.Popen(
+        [sys.executable, "-m", "queuenet", "serve", "--port", str(port), *serve_args],
+        env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    deadline = time.monotonic() + 600
+    body = b'--b\r\nContent-Disposition: form-data; name="image"; filename="x.png"\r\n\r\n'
+    body += (ROOT / "tests" / "data" / "chelsea.png").read_bytes() + b"\r\n--b--\r\n"
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"queuenet serve exited; see {log.name}")
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/predict", data=body,
+            headers={"Content-Type": "multipart/form-data; boundary=b"},
+        )  # fmt: skip
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                if response.status == 200:
+                    return process
+        except OSError:
+            pass
+        time.sleep(0.5)  # start-up only
+    raise RuntimeError("the service did not become ready")
+
+
+def measure_service(args: argparse.Namespace, env: dict[str, str]) -> dict[int, dict[str, Any]]:
+    port, metrics_port = free_port(), free_port()
+    env = env | {"QUEUENET_METRICS_PORT": str(metrics_port)}
+    service = start_service(env, port, args.serve_arg)
+    runs: dict[int, list[dict[str, Any]]] = {c: [] for c in args.concurrency}
+    try:
+        for _ in range(args.repeats):
+            for concurrency in args.concurrency:
+                before = scrape(metrics_port)
+                result = run_json(
+                    ["bench.load", "--url", f"http://127.0.0.1:{port}",
+                     "--concurrency", str(concurrency), "--duration-s", str(args.duration_s),
+                     "--warmup-s", str(args.warmup_s)],
+                    env,
+                )  # fmt: skip
+                after = scrape(metrics_port)
+                batches = (
+                    after["queuenet_worker_batch_size_count"]
+                    - before["queuenet_worker_batch_size_count"]
+                )
+                images = (
+                    after["queuenet_worker_batch_size_sum"]
+                    - before["queuenet_worker_batch_size_sum"]
+                )
+                result["mean_batch"] = images / batches if batches else 0.0
+                result["worker_rss_mb"] = max(rss_mb("-m worker"), default=0.0)
+                result["web_rss_mb"] = max(rss_mb(f"127.0.0.1:{port}"), default=0.0)
+                runs[concurrency].append(result)
+                sys.stderr.write(f"c={concurrency}: {result['requests_per_s']:.1f} req/s\n")
+    finally:
+        service.send_signal(signal.SIGINT)
+        service.wait(timeout=120)
+    return {c: median_run(r) for c, r in runs.items()}
+
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    keys = ("requests_per_s", "p50_ms", "p95_ms", "p99_ms", "mean_batch", "client_cpu_cores")
+    merged: dict[str, Any] = {k: statistics.median(r[k] for r in runs) for k in keys}
+    merged["worker_rss_mb"] = max(r["worker_rss_mb"] for r in runs)
+    merged["web_rss_mb"] = max(r["web_rss_mb"] for r in runs)
+    errors: dict[str, int] = {}
+    for run in runs:
+        for status, count in run["errors"].items():
+            errors[status] = errors.get(status, 0) + count
+    merged["errors"] = errors
+    return merged
+
+
+def table(raw: dict[str, Any], service: dict[int, dict[str, Any]], batch_size: int) -> str:
+    lines = [
+        f"bare model: batch 1 {raw['batch1_images_per_s']:.1f} img/s ({raw['batch1_ms']:.1f} ms), "
+        f"batch {batch_size} {raw['batchn_images_per_s']:.1f} img/s; bare pipeline "
+        f"(decode+resize+model) p50 {raw['pipeline_p50_ms']:.1f} ms; "
+        f"decode+resize p50 {raw['decode_resize_p50_ms']:.1f} ms",
+        "",
+        "| concurrency | req/s | × bare batch-N | p50 ms | p95 ms | p99 ms | mean batch "
+        "| errors | load-gen CPU |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for concurrency, r in sorted(service.items()):
+        lines.append(
+            f"| {concurrency} | {r['requests_per_s']:.1f} "
+            f"| {r['requests_per_s'] / raw['batchn_images_per_s']:.2f} "
+            f"| {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} "
+            f"| {r['mean_batch']:.1f} | {sum(r['errors'].values()) or 0} "
+            f"| {r['client_cpu_cores']:.2f} |"
+        )
+    lines.append("")
+    if 1 in service:
+        extra = service[1]["p50_ms"] - raw["pipeline_p50_ms"]
+        lines.append(
+            f"concurrency 1: service p50 - bare pipeline p50 = {extra:+.1f} ms (target ≤ 3)"
+        )
+    top = max(service)
+    ratio = service[top]["requests_per_s"] / raw["batchn_images_per_s"]
+    lines.append(
+        f"concurrency {top}: throughput = {ratio:.2f} × bare batch-{batch_size} (target ≥ 0.6); "
+        f"mean batch {service[top]['mean_batch']:.1f} (target ≥ 16)"
+    )
+    worker = max(r["worker_rss_mb"] for r in service.values())
+    web = max(r["web_rss_mb"] for r in service.values())
+    lines.append(f"RSS: worker {worker:.0f} MB (target ≤ 1200), web process {web:.0f} MB (≤ 200)")
+    return "\n".join(lines)
+
+
+def chart(raw: dict[str, Any], service: dict[int, dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = sorted(service)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    left.plot(xs, [service[c]["requests_per_s"] for c in xs], "o-", label="QueueNet service")
+    left.axhline(raw["batchn_images_per_s"], color="grey", ls="--", label="bare model, batch N")
+    left.axhline(raw["batch1_images_per_s"], color="grey", ls=":", label="bare model, batch 1")
+    left.set(xlabel="concurrent clients", ylabel="images / s", title="Throughput", xscale="log")
+    left.set_xticks(xs, [str(c) for c in xs])
+    left.legend()
+    right.plot(xs, [service[c]["p50_ms"] for c in xs], "o-", label="service p50")
+    right.plot(xs, [service[c]["p99_ms"] for c in xs], "s--", label="service p99")
+    right.axhline(raw["pipeline_p50_ms"], color="grey", ls=":", label="bare pipeline, one image")
+    right.set(xlabel="concurrent clients", ylabel="ms", title="Latency", xscale="log", yscale="log")
+    right.set_xticks(xs, [str(c) for c in xs])
+    right.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--concurrency", default="1,4,16,32")
+    parser.add_argument("--duration-s", type=float, default=20)
+    parser.add_argument("--warmup-s", type=float, default=3)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--chart", default="docs/bench.png")
+    parser.add_argument("--serve-arg", action="append", default=[], help="passed to serve")
+    args = parser.parse_args(argv)
+    args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    env = {k: v for k, v in os.environ.items()} | {"QUEUENET_LOG_LEVEL": "warning"}
+    env.setdefault("QUEUENET_MODEL_CACHE_DIR", str(Path.home() / ".cache" / "queuenet"))
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    batch_size = int(env.get("QUEUENET_BATCH_SIZE", "32"))
+    raw = run_json(
+        ["bench.raw_model", "--batch-size", str(batch_size),
+         "--cache-dir", env["QUEUENET_MODEL_CACHE_DIR"]],
+        env,
+    )  # fmt: skip
+    service = measure_service(args, env)
+    sys.stdout.write(table(raw, service, batch_size) + "\n")
+    if args.chart:
+        chart(raw, service, ROOT / args.chart)
+        sys.stdout.write(f"chart: {args.chart}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
