@@ -416,7 +416,7 @@ def _headers() -> dict[str, Any]:
         },
         "Retry-After": {
             "description": "Seconds to wait before retrying.",
-            "required": False,
+            "required": True,
             "schema": {"type": "integer", "minimum": 0},
         },
         "WWW-Authenticate": {
@@ -450,8 +450,11 @@ def _schemas(settings: AppSettings) -> dict[str, Any]:
         "TopK": {"type": "integer", "minimum": 1, "default": settings.default_top_k},
         "Base64Image": {
             "type": "string",
-            "contentEncoding": "base64",
-            "description": "An image file in standard base64, or a `data:` URL holding one.",
+            "description": (
+                "An image file in standard base64 (no line breaks), or a `data:` URL holding "
+                "one (`data:image/png;base64,...`)."
+            ),
+            "anyOf": [{"contentEncoding": "base64"}, {"pattern": "^data:[^,]*,"}],
         },
         "PredictJSONRequest": _predict_json_request(settings),
         "Prediction": {

@@ -91,7 +91,9 @@ class PredictionService:
         try:
             return decode_model_card(raw)
         except MessageDecodeError as exc:
-            raise ModelUnavailableError(f"the published model card is unusable: {exc}") from None
+            raise ModelUnavailableError(
+                f"the published model card is unusable: {exc}", retry_after_s=RETRY_AFTER_S
+            ) from None
 
     def predict(
         self, arrays: Sequence[np.ndarray], *, top_k: int, deadline: float

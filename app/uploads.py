@@ -74,7 +74,9 @@ def _from_json(request: Request) -> Uploads:
         )
     top_k = request.args.get("top_k")
     if top_k is None and "top_k" in body:
-        top_k = str(body["top_k"])
+        value = body["top_k"]
+        # JSON has one number type: 2.0 is the integer 2.
+        top_k = str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
     if IMAGE_FIELD in body:
         return Uploads([_base64(body[IMAGE_FIELD], IMAGE_FIELD)], many=False, top_k=top_k)
     items = body[IMAGES_FIELD]
@@ -87,7 +89,11 @@ def _from_json(request: Request) -> Uploads:
 def _base64(value: Any, where: str) -> bytes:
     if not isinstance(value, str):
         raise InvalidRequestError(f"'{where}' must be a base64 string")
-    text = value.split(",", 1)[1] if value.startswith("data:") else value  # data: URLs too
+    text = value
+    if value.startswith("data:"):  # a data: URL: the base64 follows the first comma
+        _, comma, text = value.partition(",")
+        if not comma:
+            raise InvalidRequestError(f"'{where}' is a data: URL without ',' before its data")
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
@@ -105,7 +111,9 @@ def missing_image_message(request: Request) -> str:
         return f"field '{IMAGE_FIELD}' arrived as a plain form value, not a file upload; {usage}"
     received = sorted(set(request.files) | set(request.form))
     if received:
-        fields = ", ".join(received)
+        fields = ", ".join(_printable(name) for name in received[:10])
+        if len(received) > 10:
+            fields += f" and {len(received) - 10} more"
         return f"missing multipart field '{IMAGE_FIELD}'; received field(s): {fields}; {usage}"
     if request.mimetype != "multipart/form-data":
         got = f"Content-Type {request.mimetype!r}" if request.mimetype else "no Content-Type"
@@ -114,6 +122,12 @@ def missing_image_message(request: Request) -> str:
         f"missing multipart field '{IMAGE_FIELD}': no field could be read from the "
         f"multipart body (check its boundary and framing); {usage}"
     )
+
+
+def _printable(name: str) -> str:
+    """A client-sent field name, shortened and with unprintable characters escaped."""
+    shown = name if len(name) <= 40 else name[:40] + "…"
+    return shown if shown.isprintable() else repr(shown)
 
 
 def too_large_message(request: Request) -> str:
