@@ -75,8 +75,8 @@ def decode_image(data: bytes, *, max_pixels: int, min_short_side: int = 0) -> Im
             scale = min_short_side / min(width, height)
             image.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
         image.load()
-        upright = ImageOps.exif_transpose(image) or image
-        return _to_rgb(upright)
+        ImageOps.exif_transpose(image, in_place=True)  # no copy when already upright
+        return _to_rgb(image)
     except Exception as exc:  # truncated or corrupt pixel data surfaces as assorted errors
         raise ImageDecodeError(
             f"the {image.format or 'image'} data is truncated or corrupt ({type(exc).__name__})"

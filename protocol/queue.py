@@ -21,6 +21,8 @@ logger = logging.getLogger(__name__)
 
 MAX_CLAIM = 1024
 """Upper bound on items claimed at once (Lua ``unpack`` and reply size stay small)."""
+ACK_PREFIX_BYTES = 64
+"""Bytes of each claimed item sent back to identify it when acknowledging (they hold the id)."""
 FILL_SAFETY_TIMEOUT_S = 1
 """Server-side bound of a batch-fill BLMOVE, should its CLIENT UNBLOCK ever not arrive."""
 
@@ -41,28 +43,37 @@ redis.call('RPUSH', KEYS[2], unpack(items))
 return items
 """
 
-# Ack and answer together, and only while the item is still ours: if another worker already
-# requeued it (we were presumed dead), we write nothing, so a request is never answered twice.
-# Per item: publish a result, dead-letter the raw item, and/or push a retry copy back to the
-# queue head. KEYS = processing, dead, queue, result keys...;
-# ARGV = ttl_s, then (raw, payload, dead_flag, retry_message) per item.
+# Ack and answer a whole batch in one step, and only while it is still ours: the processing
+# list must hold exactly the claimed items, in claim order (checked by a prefix of each, which
+# holds the job id; the 200 KB items themselves never travel back). If another worker
+# requeued them (we were presumed dead), the list is gone and nothing is written, so a request
+# is never answered twice. Per answer: publish a result, dead-letter the item, and/or push a
+# retry copy back to the queue head.
+# KEYS = processing, dead, queue, one result key per answer;
+# ARGV = ttl_s, n, n prefixes, then (position, payload, dead_flag, retry_message) per answer.
 _ANSWER = """
 local ttl = tonumber(ARGV[1])
-local acked = 0
-for i = 1, #KEYS - 3 do
-  local raw = ARGV[4 * i - 2]
-  if redis.call('LREM', KEYS[1], 1, raw) == 1 then
-    acked = acked + 1
-    local payload = ARGV[4 * i - 1]
-    if payload ~= '' then
-      redis.call('LPUSH', KEYS[i + 3], payload)
-      redis.call('EXPIRE', KEYS[i + 3], ttl)
-    end
-    if ARGV[4 * i] == '1' then redis.call('RPUSH', KEYS[2], raw) end
-    if ARGV[4 * i + 1] ~= '' then redis.call('LPUSH', KEYS[3], ARGV[4 * i + 1]) end
-  end
+local n = tonumber(ARGV[2])
+if redis.call('LLEN', KEYS[1]) ~= n then return 0 end
+local items = {}
+for i = 1, n do
+  local item = redis.call('LINDEX', KEYS[1], i - 1)
+  local prefix = ARGV[2 + i]
+  if string.sub(item, 1, #prefix) ~= prefix then return 0 end
+  items[i] = item
 end
-return acked
+for j = 1, #KEYS - 3 do
+  local at = 2 + n + 4 * (j - 1)
+  local payload = ARGV[at + 2]
+  if payload ~= '' then
+    redis.call('LPUSH', KEYS[j + 3], payload)
+    redis.call('EXPIRE', KEYS[j + 3], ttl)
+  end
+  if ARGV[at + 3] == '1' then redis.call('RPUSH', KEYS[2], items[tonumber(ARGV[at + 1]) + 1]) end
+  if ARGV[at + 4] ~= '' then redis.call('LPUSH', KEYS[3], ARGV[at + 4]) end
+end
+redis.call('DEL', KEYS[1])
+return n
 """
 
 # Give a dead worker's items back to the head of the queue, oldest first, each with its
@@ -217,16 +228,38 @@ class Queue:
             pool.release(conn)
         return None if item is None else _as_bytes(item)
 
-    def answer(self, worker_name: str, answers: Sequence[Answer], *, result_ttl_s: int) -> int:
-        """Publish results and ack their items in one step; returns how many were still ours."""
-        if not answers:
+    def answer(
+        self,
+        worker_name: str,
+        claimed: Sequence[bytes],
+        answers: Sequence[Answer],
+        *,
+        result_ttl_s: int,
+    ) -> int:
+        """Publish the answers of a claimed batch and ack it in one step.
+
+        ``claimed`` is the batch as :meth:`block_claim` returned it (the processing list, in
+        order); ``answers`` holds one answer per claimed item (the same bytes objects).
+        Returns the number of items acknowledged: all of them, or 0 when the batch was no
+        longer ours.
+        """
+        if not claimed:
             return 0
+        position = {id(raw): i for i, raw in enumerate(claimed)}
         keys = [self.keys.processing(worker_name), self.keys.dead(), self.keys.queue()]
-        args: list[bytes | int | str] = [result_ttl_s]
+        args: list[bytes | int | str] = [result_ttl_s, len(claimed)]
+        args.extend(raw[:ACK_PREFIX_BYTES] for raw in claimed)
         for answer in answers:
             # A message with no usable id gets no result key; the key slot is a harmless dummy.
             keys.append(self.keys.result(answer.job_id or "-"))
-            args.extend([answer.raw, answer.payload, "1" if answer.dead else "0", answer.retry])
+            args.extend(
+                [
+                    position[id(answer.raw)],
+                    answer.payload,
+                    "1" if answer.dead else "0",
+                    answer.retry,
+                ]
+            )
         return int(self._answer(keys=keys, args=args))
 
     def beat(self, worker_name: str, payload: bytes, *, ttl_s: int) -> None:

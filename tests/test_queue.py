@@ -69,7 +69,7 @@ def test_answer_publishes_result_with_ttl_and_acks(queue: Queue) -> None:
     fill(queue, 2)
     raw = queue.claim("w1", 2)
     answers = [Answer(raw[0], "a" * 32, b"result-a"), Answer(raw[1], None, b"")]
-    assert queue.answer("w1", answers, result_ttl_s=30) == 2
+    assert queue.answer("w1", raw, answers, result_ttl_s=30) == 2
     assert queue.held("w1") == 0
     assert queue.client.lrange(queue.keys.result("a" * 32), 0, -1) == [b"result-a"]
     assert 0 < queue.client.ttl(queue.keys.result("a" * 32)) <= 30
@@ -81,14 +81,14 @@ def test_answer_writes_nothing_for_items_no_longer_held(queue: Queue) -> None:
     fill(queue, 1)
     raw = queue.claim("w1", 1)
     assert queue.requeue("w1") == 1  # w1 has no heartbeat: its item goes back
-    assert queue.answer("w1", [Answer(raw[0], "b" * 32, b"late")], result_ttl_s=30) == 0
+    assert queue.answer("w1", raw, [Answer(raw[0], "b" * 32, b"late")], result_ttl_s=30) == 0
     assert queue.client.exists(queue.keys.result("b" * 32)) == 0
 
 
 def test_dead_flag_moves_item_to_dead_letters(queue: Queue) -> None:
     fill(queue, 1)
     raw = queue.claim("w1", 1)
-    queue.answer("w1", [Answer(raw[0], "c" * 32, b"err", dead=True)], result_ttl_s=30)
+    queue.answer("w1", raw, [Answer(raw[0], "c" * 32, b"err", dead=True)], result_ttl_s=30)
     assert queue.client.lrange(queue.keys.dead(), 0, -1) == raw
 
 
@@ -165,3 +165,30 @@ def test_a_lone_item_on_an_idle_queue_is_not_held_back(queue: Queue) -> None:
     started = time.monotonic()
     got = queue.block_claim("w1", 8, block_timeout_s=1.0, batch_wait_s=0.5, busy=False)
     assert len(got) == 1 and time.monotonic() - started < 0.25
+
+
+def test_answer_acks_by_position_with_identical_and_long_items(queue: Queue) -> None:
+    """Items are identified by position and a prefix; twins and 200 KB items are fine."""
+    big = b'{"v":1,"id":"' + b"f" * 32 + b'"' + b"x" * 200_000 + b"}"
+    queue.client.rpush(queue.keys.queue(), b"twin", b"twin", big)
+    raw = queue.claim("w1", 3)
+    answers = [
+        Answer(raw[2], "f" * 32, b"ok-big"),
+        Answer(raw[0], None, b"", dead=True),
+        Answer(raw[1], None, b"", retry=b"twin-again"),
+    ]
+    assert queue.answer("w1", raw, answers, result_ttl_s=30) == 3
+    assert queue.held("w1") == 0
+    assert queue.client.lrange(queue.keys.result("f" * 32), 0, -1) == [b"ok-big"]
+    assert queue.client.lrange(queue.keys.dead(), 0, -1) == [b"twin"]
+    assert queue.client.lrange(queue.keys.queue(), 0, -1) == [b"twin-again"]
+
+
+def test_answer_refuses_a_list_that_is_not_the_batch(queue: Queue) -> None:
+    fill(queue, 2)
+    raw = queue.claim("w1", 2)
+    queue.client.lset(queue.keys.processing("w1"), 1, "someone else's")
+    answers = [Answer(raw[0], "a" * 32, b"r0"), Answer(raw[1], "b" * 32, b"r1")]
+    assert queue.answer("w1", raw, answers, result_ttl_s=30) == 0
+    assert queue.client.exists(queue.keys.result("a" * 32)) == 0
+    assert queue.held("w1") == 2

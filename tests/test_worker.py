@@ -125,3 +125,17 @@ def test_stop_request_finishes_the_batch_in_hand(
     assert not thread.is_alive()
     assert all(result(queue, job).ok for job in jobs)
     assert queue.held(worker.name) == 0
+
+
+def test_a_restarted_worker_takes_back_its_own_leftovers(
+    make_worker: Callable[..., Worker], queue: Queue
+) -> None:
+    """A worker that died mid-batch and comes back under the same name (a container restart)
+    finds its unacknowledged items and answers them."""
+    jobs = [enqueue(queue, (5, 240, 5)) for _ in range(2)]
+    worker = make_worker()
+    queue.claim(worker.name, 2)  # the previous life claimed them, then died
+    queue.beat(worker.name, b"{}", ttl_s=60)  # and its heartbeat has not even expired
+    worker.run(max_batches=1)
+    assert all(result(queue, job).predictions[0].label == "green" for job in jobs)
+    assert queue.held(worker.name) == 0

@@ -49,6 +49,7 @@ class Worker:
         self._started = False
         self.batches_done = 0
         self._last_batch_size = 0
+        self._own_items_unsure = False
         self.fatal_error = ""
         """Set when the loop stopped on an error that retrying cannot fix."""
 
@@ -67,6 +68,8 @@ class Worker:
                 break
             try:
                 self._start_once()
+                if self._own_items_unsure:
+                    self._take_back_own()
                 self.heartbeat()
                 raw_items = self.dequeue_batch()
                 if raw_items:
@@ -87,6 +90,7 @@ class Worker:
                 self._wait_out_outage(exc)
             except Exception:  # the loop must survive anything one batch throws
                 logger.exception("worker %s: unexpected error; continuing", self.name)
+                self._own_items_unsure = True
                 self._stop.wait(BACKOFF_INITIAL_S)
         self.shutdown()
 
@@ -166,7 +170,7 @@ class Worker:
         metrics.ITEMS.labels("dead").inc(len(sorted_items.dead))
         metrics.ITEMS.labels("expired").inc(len(sorted_items.expired))
         answers += self.predict_batch(sorted_items.ready, meta)
-        self.write_results(answers)
+        self.write_results(raw_items, answers)
         self.batches_done += 1
         logger.info(
             "batch done batch_id=%s size=%d predicted=%d failed=%d expired=%d dead=%d ms=%.1f",
@@ -230,15 +234,23 @@ class Worker:
         )
         return Answer(item.raw, request.id, encode_result(result), dead=True)
 
-    def write_results(self, answers: Sequence[Answer]) -> None:
-        acked = self.queue.answer(self.name, answers, result_ttl_s=self.settings.result_ttl_s)
-        if acked != len(answers):
+    def write_results(self, claimed: Sequence[bytes], answers: Sequence[Answer]) -> None:
+        acked = self.queue.answer(
+            self.name, claimed, answers, result_ttl_s=self.settings.result_ttl_s
+        )
+        if acked != len(claimed):
             logger.warning(
-                "%d of %d item(s) were taken back while we worked (heartbeat expired); "
-                "their answers were not written, another worker answers them",
-                len(answers) - acked,
-                len(answers),
+                "the batch of %d item(s) was taken back while we worked (heartbeat expired); "
+                "its answers were not written, another worker answers them",
+                len(claimed),
             )
+
+    def _take_back_own(self) -> None:
+        """After a failure mid-batch, whatever is left in our processing list goes back."""
+        moved = self.queue.requeue(self.name, force=True)
+        if moved > 0:
+            logger.warning("requeued %d item(s) of our own unfinished batch", moved)
+        self._own_items_unsure = False
 
     def _wait_out_outage(self, exc: Exception) -> None:
         logger.warning(
@@ -247,6 +259,7 @@ class Worker:
         self._stop.wait(self._backoff_s)
         self._backoff_s = min(self._backoff_s * 2, BACKOFF_MAX_S)
         self._next_beat = 0.0  # beat as soon as Redis is back
+        self._own_items_unsure = True  # a batch may have been claimed but not acknowledged
 
     def shutdown(self) -> None:
         """Unregister if nothing is held; otherwise leave the items for recovery."""
