@@ -3,10 +3,11 @@
     python -m bench.run [--concurrency 1,4,16,32] [--duration-s 20] [--repeats 3]
                         [--chart docs/bench.png] [--serve-arg --workers=1]
 
-1. ``bench.raw_model`` in its own process: the bare ``tf.function`` model at batch 1 and at
-   ``QUEUENET_BATCH_SIZE``, and the bare in-process pipeline (decode + resize + model).
-2. ``queuenet serve`` (private Redis, gunicorn, worker) with the settings in the environment.
-3. ``bench.load`` in its own process for every concurrency, ``--repeats`` times; medians.
+1. ``queuenet serve`` (private Redis, gunicorn, worker) with the settings in the environment.
+2. In each of ``--repeats`` rounds: ``bench.raw_model`` in its own process (the bare
+   ``tf.function`` model at batch 1 and at ``QUEUENET_BATCH_SIZE``, and the bare in-process
+   pipeline: decode + resize + model), then ``bench.load`` for every concurrency. Medians
+   over the rounds; bare and service are measured in the same rounds, so both see the noise.
    The worker's mean batch size comes from its Prometheus metrics; RSS from /proc.
 Prints one table with the ratios to the bare model, and draws the chart.
 """
@@ -75,6 +76,27 @@ def rss_mb(pattern: str) -> list[float]:
     return sizes
 
 
+def cpu_seconds(pattern: str) -> float:
+    """CPU time (user + system) used so far by the processes whose command line has ``pattern``."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            if pattern not in cmdline or "bench." in cmdline:
+                continue
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
+COMPONENTS = {"worker": "-m worker", "web": "gunicorn", "redis": "redis-server"}
+
+
 def start_service(env: dict[str, str], port: int, serve_args: list[str]) -> subprocess.Popen[bytes]:
     log = open(Path(tempfile.gettempdir()) / f"bench-serve-{port}.log", "wb")  # noqa: SIM115
     process = subprocess.Popen(
@@ -101,15 +123,32 @@ def start_service(env: dict[str, str], port: int, serve_args: list[str]) -> subp
     raise RuntimeError("the service did not become ready")
 
 
-def measure_service(args: argparse.Namespace, env: dict[str, str]) -> dict[int, dict[str, Any]]:
+def measure(
+    args: argparse.Namespace, env: dict[str, str], batch_size: int
+) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
+    """Bare model and service, interleaved in every repeat so that both see the same noise."""
     port, metrics_port = free_port(), free_port()
     env = env | {"QUEUENET_METRICS_PORT": str(metrics_port)}
     service = start_service(env, port, args.serve_arg)
     runs: dict[int, list[dict[str, Any]]] = {c: [] for c in args.concurrency}
+    raws: list[dict[str, Any]] = []
     try:
         for _ in range(args.repeats):
+            raws.append(
+                run_json(
+                    [
+                        "bench.raw_model",
+                        "--batch-size",
+                        str(batch_size),
+                        "--cache-dir",
+                        env["QUEUENET_MODEL_CACHE_DIR"],
+                    ],
+                    env,
+                )  # fmt: skip
+            )
             for concurrency in args.concurrency:
                 before = scrape(metrics_port)
+                cpu_before = {name: cpu_seconds(p) for name, p in COMPONENTS.items()}
                 result = run_json(
                     ["bench.load", "--url", f"http://127.0.0.1:{port}",
                      "--concurrency", str(concurrency), "--duration-s", str(args.duration_s),
@@ -117,6 +156,11 @@ def measure_service(args: argparse.Namespace, env: dict[str, str]) -> dict[int, 
                     env,
                 )  # fmt: skip
                 after = scrape(metrics_port)
+                served = result["requests_per_s"] * args.duration_s + 1e-9
+                for name, pattern in COMPONENTS.items():
+                    spent = cpu_seconds(pattern) - cpu_before[name]
+                    # Includes the warm-up's requests: a slight overestimate per request.
+                    result[f"cpu_ms_per_req_{name}"] = spent * 1000 / served
                 batches = (
                     after["queuenet_worker_batch_size_count"]
                     - before["queuenet_worker_batch_size_count"]
@@ -133,11 +177,15 @@ def measure_service(args: argparse.Namespace, env: dict[str, str]) -> dict[int, 
     finally:
         service.send_signal(signal.SIGINT)
         service.wait(timeout=120)
-    return {c: median_run(r) for c, r in runs.items()}
+    raw = {k: statistics.median(r[k] for r in raws) for k in raws[0]}
+    return raw, {c: median_run(r) for c, r in runs.items()}
 
 
 def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    keys = ("requests_per_s", "p50_ms", "p95_ms", "p99_ms", "mean_batch", "client_cpu_cores")
+    keys = (
+        "requests_per_s", "p50_ms", "p95_ms", "p99_ms", "mean_batch", "client_cpu_cores",
+        *(f"cpu_ms_per_req_{name}" for name in COMPONENTS),
+    )  # fmt: skip
     merged: dict[str, Any] = {k: statistics.median(r[k] for r in runs) for k in keys}
     merged["worker_rss_mb"] = max(r["worker_rss_mb"] for r in runs)
     merged["web_rss_mb"] = max(r["web_rss_mb"] for r in runs)
@@ -169,6 +217,14 @@ def table(raw: dict[str, Any], service: dict[int, dict[str, Any]], batch_size: i
             f"| {r['client_cpu_cores']:.2f} |"
         )
     lines.append("")
+    lines.append(
+        "CPU per answered request (ms, all cores; warm-up included): "
+        + "; ".join(
+            f"c={c}: "
+            + ", ".join(f"{name} {r[f'cpu_ms_per_req_{name}']:.1f}" for name in COMPONENTS)
+            for c, r in sorted(service.items())
+        )
+    )
     if 1 in service:
         extra = service[1]["p50_ms"] - raw["pipeline_p50_ms"]
         lines.append(
@@ -225,12 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     env.setdefault("QUEUENET_MODEL_CACHE_DIR", str(Path.home() / ".cache" / "queuenet"))
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     batch_size = int(env.get("QUEUENET_BATCH_SIZE", "32"))
-    raw = run_json(
-        ["bench.raw_model", "--batch-size", str(batch_size),
-         "--cache-dir", env["QUEUENET_MODEL_CACHE_DIR"]],
-        env,
-    )  # fmt: skip
-    service = measure_service(args, env)
+    raw, service = measure(args, env, batch_size)
     sys.stdout.write(table(raw, service, batch_size) + "\n")
     if args.chart:
         chart(raw, service, ROOT / args.chart)
