@@ -57,20 +57,29 @@ def scrape(port: int) -> dict[str, float]:
     return values
 
 
-def rss_mb(pattern: str) -> list[float]:
-    """Resident memory of the processes whose command line contains ``pattern``."""
-    sizes = []
+def matching_procs(pattern: str) -> list[Path]:
+    """/proc entries of the processes whose command line contains ``pattern`` (not ours)."""
+    found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            if pattern not in cmdline or "bench." in cmdline:
-                continue
-            status = (proc / "status").read_text()
         except OSError:
             continue
-        match = re.search(r"^VmRSS:\s+(\d+) kB", status, flags=re.M)
+        if pattern in cmdline and "bench." not in cmdline:
+            found.append(proc)
+    return found
+
+
+def rss_mb(pattern: str) -> list[float]:
+    """Resident memory of the processes whose command line contains ``pattern``."""
+    sizes = []
+    for proc in matching_procs(pattern):
+        try:
+            match = re.search(r"^VmRSS:\s+(\d+) kB", (proc / "status").read_text(), flags=re.M)
+        except OSError:
+            continue
         if match:
             sizes.append(int(match.group(1)) / 1024)
     return sizes
@@ -80,13 +89,8 @@ def cpu_seconds(pattern: str) -> float:
     """CPU time (user + system) used so far by the processes whose command line has ``pattern``."""
     ticks = os.sysconf("SC_CLK_TCK")
     total = 0.0
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
+    for proc in matching_procs(pattern):
         try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            if pattern not in cmdline or "bench." in cmdline:
-                continue
             fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue

@@ -7,18 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import TINY_LABELS, TINY_SIZE, build_tiny_keras_model
+from tests.conftest import TINY_LABELS, TINY_SIZE
 from worker.registry import ModelLoadError, imagenet_labels, load_model
 
 
 @pytest.fixture(scope="module")
-def tiny_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    directory = tmp_path_factory.mktemp("tiny")
-    model_path = directory / "tiny.keras"
-    build_tiny_keras_model().save(model_path)  # type: ignore[attr-defined]
-    labels_path = directory / "labels.txt"
-    labels_path.write_text("\n".join(TINY_LABELS) + "\n", encoding="utf-8")
-    return model_path, labels_path
+def tiny_file(tiny_model_files: tuple[Path, Path]) -> tuple[Path, Path]:
+    """The tiny model as a .keras file with its labels file (built once, in conftest)."""
+    return tiny_model_files
 
 
 def test_keras_file_with_labels(tiny_file: tuple[Path, Path], tmp_path: Path) -> None:
