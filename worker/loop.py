@@ -173,8 +173,10 @@ class Worker:
         self.write_results(raw_items, answers)
         self.batches_done += 1
         logger.info(
-            "batch done batch_id=%s size=%d predicted=%d failed=%d expired=%d dead=%d ms=%.1f",
+            "batch done batch_id=%s worker=%s size=%d predicted=%d failed=%d expired=%d dead=%d "
+            "ms=%.1f",
             meta["batch_id"],
+            self.name,
             len(raw_items),
             len(sorted_items.ready),
             len(sorted_items.failed),
