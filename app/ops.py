@@ -57,7 +57,7 @@ def metrics() -> Response:
     """Prometheus exposition of the web tier and the queue."""
     settings: AppSettings = current_app.extensions["queuenet.settings"]
     body = render(_service().queue, settings.prometheus_multiproc_dir)
-    return Response(body, mimetype=CONTENT_TYPE_LATEST)
+    return Response(body, content_type=CONTENT_TYPE_LATEST)  # it carries its own charset
 
 
 @bp.get("/openapi.json")

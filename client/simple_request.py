@@ -21,15 +21,20 @@ DEFAULT_IMAGE = Path(__file__).resolve().parent.parent / "tests" / "data" / "che
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Classify one image with a QueueNet server.")
     parser.add_argument("image", nargs="?", default=str(DEFAULT_IMAGE), help="image file to send")
-    parser.add_argument("--url", default=DEFAULT_URL, help=f"predict endpoint ({DEFAULT_URL})")
+    parser.add_argument(
+        "--url", default=DEFAULT_URL, help=f"server or predict endpoint ({DEFAULT_URL})"
+    )
     parser.add_argument("--top-k", type=int, default=5, help="how many labels (default 5)")
     parser.add_argument("--timeout-s", type=float, default=30.0, help="HTTP timeout in seconds")
     args = parser.parse_args(argv)
+    url = args.url.rstrip("/")
+    if not url.endswith("/predict"):  # a base URL, as the other clients take, works too
+        url += "/predict"
 
     try:
         with open(args.image, "rb") as handle:
             response = requests.post(
-                args.url,
+                url,
                 files={"image": handle},
                 params={"top_k": args.top_k},
                 timeout=args.timeout_s,

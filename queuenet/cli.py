@@ -1,4 +1,4 @@
-"""``queuenet serve | web | worker``.
+"""``queuenet serve | web | worker | predict``.
 
 ``serve`` runs the whole service on one machine: a private Redis (unless
 ``QUEUENET_REDIS_URL`` is set), gunicorn with the web app, and the model worker(s). It prints

@@ -129,6 +129,14 @@ def test_simple_request_prints_ranked_labels(stack: Stack, data_dir: Path) -> No
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
     assert len(lines) == 5 and re.fullmatch(r"1\. espresso: 0\.\d{4}", lines[0]), lines
+    base_url = subprocess.run(
+        [sys.executable, "client/simple_request.py", "--url", stack.url, "--top-k", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip  # a base URL works too; the default image is the cat
+    assert base_url.returncode == 0, base_url.stderr
+    assert re.fullmatch(
+        r"1\. (tabby|tiger cat|Persian cat|Siamese cat|Egyptian cat): 0\.\d{4}\n", base_url.stdout
+    )
 
 
 def test_simple_request_reports_failure(stack: Stack, tmp_path: Path) -> None:
