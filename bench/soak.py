@@ -97,10 +97,13 @@ class Cluster:
             self.workers.append(self.spawn("-m", "worker"))
         self.web = self.spawn("-m", "queuenet", "web")
         deadline = time.monotonic() + 300
-        while not self._serves():
+        while not (self._serves() and self._workers_up() == self.args.workers):
             if time.monotonic() > deadline:
                 raise RuntimeError("the service did not start; see processes.log")
             time.sleep(0.2)  # start-up only
+
+    def _workers_up(self) -> int:
+        return sum(1 for _ in self.client().scan_iter(match=f"{NAMESPACE}:worker:*"))
 
     def _serves(self) -> bool:
         try:
@@ -162,8 +165,15 @@ def memory_bytes(cluster: Cluster) -> int:
     return int(cluster.client().info("memory")["used_memory"])
 
 
-def key_count(cluster: Cluster) -> int:
-    return sum(1 for _ in cluster.client().scan_iter(match=f"{NAMESPACE}:*", count=1000))
+def work_keys(cluster: Cluster) -> int:
+    """Keys that hold work or answers (queue, processing lists, results); 0 when all is done.
+    The model card, the workers set and heartbeats are the service's own state."""
+    own = {f"{NAMESPACE}:model", f"{NAMESPACE}:workers"}
+    return sum(
+        1
+        for key in cluster.client().scan_iter(match=f"{NAMESPACE}:*", count=1000)
+        if key.decode() not in own and not key.decode().startswith(f"{NAMESPACE}:worker:")
+    )
 
 
 def leftover_results(cluster: Cluster) -> list[str]:
@@ -178,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         cluster = Cluster(args, Path(tmp))
         cluster.start()
-        memory_before, keys_before = memory_bytes(cluster), key_count(cluster)
+        memory_before, keys_before = memory_bytes(cluster), work_keys(cluster)
         tally = Tally()
         stop = threading.Event()
         clients = [
@@ -209,17 +219,16 @@ def run(args: argparse.Namespace) -> int:
         late = set(leftover_results(cluster)) & tally.timed_out_ids
         duplicated = len(set(leftover_results(cluster)) - late)
         time.sleep(args.result_ttl_s + 1)
-        memory_after, keys_after = memory_bytes(cluster), key_count(cluster)
+        memory_after, keys_after = memory_bytes(cluster), work_keys(cluster)
         processing = sum(
             int(cluster.client().llen(k))
             for k in cluster.client().scan_iter(match=f"{NAMESPACE}:processing:*")
         )
         cluster.stop()
     answered = sum(tally.statuses.values())
-    # Keys must be back to the model card, the workers set and one heartbeat per live worker
-    # (the same count as at the start); memory may differ by connection buffers and the
-    # script cache, so allow 10 %.
-    memory_back = memory_after <= memory_before * 1.10 and keys_after <= keys_before
+    # No key may hold work or answers any more; memory may differ by connection buffers and
+    # the script cache, so allow 10 %.
+    memory_back = memory_after <= memory_before * 1.10 and keys_after == 0
     rows = [
         ("minutes", f"{args.minutes:g}"),
         ("requests sent", str(tally.sent)),
@@ -230,7 +239,7 @@ def run(args: argparse.Namespace) -> int:
         ("late answers expired", str(len(late))),
         ("left in processing lists", str(processing)),
         ("redis memory before / after", f"{memory_before} / {memory_after} bytes"),
-        ("redis keys before / after", f"{keys_before} / {keys_after}"),
+        ("work keys before / after", f"{keys_before} / {keys_after}"),
         ("memory back to start", "yes" if memory_back else "NO"),
     ]
     for name, value in rows:
