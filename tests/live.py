@@ -89,11 +89,20 @@ class LiveService:
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=10)
 
-    def logs(self) -> str:
+    def logs(self, tail_chars: int | None = 3000) -> str:
+        """Every process's log; the last ``tail_chars`` of each (``None``: all of it, for
+        checks that look for one line in a long log)."""
         return "\n".join(
-            f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
+            f"--- {p.name}\n{p.read_text(errors='replace')[-(tail_chars or 0) :]}"
             for p in sorted(self.workdir.glob("*.log"))
         )
+
+    def wait_until_holding(self, worker: subprocess.Popen[bytes], timeout_s: float = 60) -> int:
+        """Wait until ``worker`` holds a claimed batch; returns how many items it holds."""
+        key = f"{self.namespace}:processing:{worker.name}"  # type: ignore[attr-defined]
+        client = self.client
+        wait_until(lambda: int(client.llen(key)) > 0, timeout_s, f"{key} to hold a batch")
+        return int(client.llen(key))
 
     def close(self) -> None:
         for process, _ in self.webs:

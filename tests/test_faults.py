@@ -94,10 +94,7 @@ def test_kill_9_a_worker_mid_batch_loses_nothing(
     photo = (data_dir / "chelsea.png").read_bytes()
     with ThreadPoolExecutor(max_workers=1) as pool:
         future = pool.submit(post_many, url, 120, photo)
-        victim_list = f"{live.namespace}:processing:{victim.name}"  # type: ignore[attr-defined]
-        client = live.client
-        wait_until(lambda: int(client.llen(victim_list)) > 0, 60, "the victim to hold a batch")
-        held = int(client.llen(victim_list))
+        held = live.wait_until_holding(victim)
         live.kill(victim)
         responses = future.result(timeout=120)
     statuses = [r.status_code for r in responses]
@@ -105,7 +102,7 @@ def test_kill_9_a_worker_mid_batch_loses_nothing(
     assert all(r.json()["predictions"][0]["index"] in range(281, 286) for r in responses)
     assert held > 0 and processing_total(live) == 0
     assert result_keys(live) == [], "a request was answered twice"
-    assert "of dead worker" in live.logs()
+    assert "of dead worker" in live.logs(tail_chars=None)
     assert survivor.poll() is None
 
 
@@ -120,14 +117,12 @@ def test_sigterm_under_load_finishes_the_batch_and_exits_0(
     photo = (data_dir / "coffee.png").read_bytes()
     with ThreadPoolExecutor(max_workers=1) as pool:
         future = pool.submit(post_many, url, 60, photo)
-        held_key = f"{live.namespace}:processing:{leaving.name}"  # type: ignore[attr-defined]
-        client = live.client
-        wait_until(lambda: int(client.llen(held_key)) > 0, 60, "the worker to hold a batch")
+        live.wait_until_holding(leaving)
         leaving.send_signal(signal.SIGTERM)
         assert leaving.wait(timeout=30) == 0
         responses = future.result(timeout=120)
     assert [r.status_code for r in responses] == [200] * 60, live.logs()
-    assert int(live.client.llen(held_key)) == 0
+    assert live.client.llen(f"{live.namespace}:processing:{leaving.name}") == 0  # type: ignore[attr-defined]
     assert processing_total(live) == 0 and result_keys(live) == []
 
 
@@ -194,7 +189,7 @@ def test_poison_item_is_retried_then_dead_lettered(
     error = responses[2].json()["error"]
     assert error["code"] == "prediction_failed" and "3 times" in error["message"]
     assert int(live.client.llen(f"{live.namespace}:dead")) == 1
-    assert live.logs().count("retrying job_id=") == 2
+    assert live.logs(None).count("retrying job_id=") == 2
     assert processing_total(live) == 0
 
 
@@ -207,7 +202,7 @@ def test_expired_items_are_dropped_not_computed(live: LiveService) -> None:
         job, np.zeros((8, 8, 3), np.uint8), top_k=1, deadline=time.time() - 1
     )
     live.client.rpush(f"{live.namespace}:queue", encode_request(request))
-    wait_until(lambda: "expired=1" in live.logs(), 10, "the worker to drop the item")
+    wait_until(lambda: "expired=1" in live.logs(None), 10, "the worker to drop the item")
     assert live.client.exists(f"{live.namespace}:result:{job}") == 0
     assert processing_total(live) == 0 and worker.poll() is None
 
@@ -248,7 +243,7 @@ def test_redis_outage_fails_fast_and_recovers_without_restarts(
             assert response.status_code == 503, response.text
             assert response.json()["error"]["code"] == "queue_unavailable"
             assert time.monotonic() - started < 1.0
-        wait_until(lambda: "redis unreachable" in live.logs(), 10, "the worker to log the outage")
+        wait_until(lambda: "redis unreachable" in live.logs(None), 10, "the outage in the log")
         assert worker.poll() is None
         server.start()  # same address, empty data: the worker republishes its model card
 

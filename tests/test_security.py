@@ -236,7 +236,7 @@ def test_api_keys_through_gunicorn(live: LiveService) -> None:
         ]["code"]
         == "not_found"
     )
-    logs = live.logs()
+    logs = live.logs(None)
     assert "rejected request POST /predict" in logs
     assert WRONG_KEY not in logs and KEY_A not in logs
 
@@ -306,7 +306,7 @@ def test_worker_and_gunicorn_with_a_redis_password(
         reply = requests.post(f"{bad_url}/predict", files=files, timeout=30)
         assert time.monotonic() - started < 2.0
         assert reply.status_code == 503 and reply.json()["error"]["code"] == "queue_unavailable"
-        wait_until(lambda: "invalid username-password pair" in service.logs(), 5, "the web log")
+        wait_until(lambda: "invalid username-password pair" in service.logs(None), 5, "the web log")
 
         # The worker with the wrong password does not spin silently: it keeps retrying with
         # backoff and says why, once per attempt (or, should it be made fatal, exits).
@@ -318,7 +318,7 @@ def test_worker_and_gunicorn_with_a_redis_password(
 
         wait_until(reported, 120, "the worker to report the wrong password")
         assert "redis://:***@" in bad_log.read_text(errors="replace")  # redacted, not absent
-        logs = service.logs()
+        logs = service.logs(None)
         assert PASSWORD not in logs and WRONG_PASSWORD not in logs
     finally:
         service.close()
