@@ -286,8 +286,7 @@ class Queue:
     def requeue_dead_workers(self, *, exclude: str) -> int:
         """Requeue the items of every registered worker whose heartbeat is gone."""
         moved = 0
-        for raw_name in self.client.smembers(self.keys.workers()):
-            name = raw_name.decode() if isinstance(raw_name, bytes) else str(raw_name)
+        for name in self._registered_workers():
             if name == exclude:
                 continue
             count = self.requeue(name)
@@ -303,9 +302,12 @@ class Queue:
             pipe.srem(self.keys.workers(), worker_name)
             pipe.execute()
 
+    def _registered_workers(self) -> list[str]:
+        return [_as_bytes(n).decode() for n in self.client.smembers(self.keys.workers())]
+
     def live_workers(self) -> list[str]:
         """Registered workers whose heartbeat has not expired."""
-        names = [_as_bytes(n).decode() for n in self.client.smembers(self.keys.workers())]
+        names = self._registered_workers()
         if not names:
             return []
         with self.client.pipeline(transaction=False) as pipe:

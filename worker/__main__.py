@@ -48,21 +48,16 @@ def check(settings: WorkerSettings) -> int:
     this host has a fresh heartbeat; 1 otherwise."""
     queue = Queue(connect(settings.redis), Keys(settings.redis.namespace))
     try:
-        if settings.worker_name:
-            names = [settings.worker_name]
-        else:
-            members = [_text(n) for n in queue.client.smembers(queue.keys.workers())]
-            names = [n for n in members if n.startswith(host_prefix())]
-        alive = [n for n in names if queue.client.exists(queue.keys.heartbeat(n))]
+        live = queue.live_workers()
     except Exception as exc:  # any failure to look means "not healthy"
         logger.error("health check failed: %s", exc)
         return 1
+    if settings.worker_name:
+        alive = [n for n in live if n == settings.worker_name]
+    else:
+        alive = [n for n in live if n.startswith(host_prefix())]
     logger.info("live workers: %s", ", ".join(alive) or "none")
     return 0 if alive else 1
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def serve(settings: WorkerSettings) -> int:

@@ -101,7 +101,7 @@ class Worker:
         moved = self.queue.requeue(self.name, force=True)
         if moved:
             logger.warning("requeued %d item(s) left by a previous %s", moved, self.name)
-        self.publish_model_card()
+        # The model card goes out with the first heartbeat, which follows at once.
         self._started = True
         logger.info(
             "worker %s ready model=%s version=%s batch_size=%d",
