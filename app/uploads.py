@@ -10,11 +10,11 @@ A single image (one ``image`` field, JSON ``image``) is answered with ``predicti
 
 from __future__ import annotations
 
-import base64
 import binascii
 from dataclasses import dataclass
 from typing import Any
 
+import pybase64
 from flask import Request
 from werkzeug.exceptions import RequestEntityTooLarge
 
@@ -95,7 +95,7 @@ def _base64(value: Any, where: str) -> bytes:
         if not comma:
             raise InvalidRequestError(f"'{where}' is a data: URL without ',' before its data")
     try:
-        return base64.b64decode(text, validate=True)
+        return pybase64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise InvalidRequestError(f"'{where}' is not valid base64") from None
 

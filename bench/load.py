@@ -4,8 +4,9 @@
 
 Each client keeps one HTTP/1.1 connection (stdlib ``http.client``, pre-encoded multipart
 bodies, so the generator itself stays cheap) and sends the next request as soon as the last
-is answered. Prints req/s, p50/p95/p99 latency, errors by status and the generator's own CPU
-use (in cores), which competes with the service on a small machine.
+is answered. Prints req/s, p50/p95/p99 latency, errors by status, the generator's own CPU
+use (in cores), which competes with the service on a small machine, and, given the workers'
+``--metrics-url``, their mean batch size within the measured window.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ import argparse
 import collections
 import http.client
 import json
+import re
 import statistics
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,6 +41,9 @@ class LoadResult:
     p99_ms: float
     errors: dict[str, int]
     client_cpu_cores: float
+    mean_batch: float
+    """Mean batch size of the worker(s) within the measured window, from their metrics
+    (``--metrics-url``); 0 when not asked for."""
 
 
 def multipart(photo: Path) -> tuple[bytes, str]:
@@ -56,7 +62,29 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def run(url: str, concurrency: int, duration_s: float, warmup_s: float) -> LoadResult:
+def scrape_batches(metrics_urls: list[str]) -> tuple[float, float]:
+    """(images, batches) the workers behind ``metrics_urls`` have predicted so far."""
+    images = batches = 0.0
+    for url in metrics_urls:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        for name in ("queuenet_worker_batch_size_sum", "queuenet_worker_batch_size_count"):
+            match = re.search(rf"^{name} (\S+)$", text, flags=re.M)
+            value = float(match.group(1)) if match else 0.0
+            if name.endswith("_sum"):
+                images += value
+            else:
+                batches += value
+    return images, batches
+
+
+def run(
+    url: str,
+    concurrency: int,
+    duration_s: float,
+    warmup_s: float,
+    metrics_urls: list[str] | None = None,
+) -> LoadResult:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     bodies = [multipart(photo) for photo in PHOTOS]
@@ -94,11 +122,18 @@ def run(url: str, concurrency: int, duration_s: float, warmup_s: float) -> LoadR
     threads = [threading.Thread(target=client, args=(i,)) for i in range(concurrency)]
     for thread in threads:
         thread.start()
-    time.sleep(warmup_s)
+    # The batch sizes are read at the edges of the measured window, so that the ramp-up of
+    # the warm-up and the drain after the last request do not count.
+    time.sleep(max(0.0, start_at - time.monotonic()))
     cpu_warm = time.process_time()
+    batches_at_start = scrape_batches(metrics_urls or [])
+    time.sleep(max(0.0, stop_at - time.monotonic()))
+    batches_at_stop = scrape_batches(metrics_urls or [])
     for thread in threads:
         thread.join()
     cpu_used = time.process_time() - cpu_warm
+    images = batches_at_stop[0] - batches_at_start[0]
+    batches = batches_at_stop[1] - batches_at_start[1]
     total = sum(statuses.values())
     return LoadResult(
         concurrency=concurrency,
@@ -110,6 +145,7 @@ def run(url: str, concurrency: int, duration_s: float, warmup_s: float) -> LoadR
         p99_ms=quantile(latencies, 0.99),
         errors={k: v for k, v in statuses.items() if k != "200"},
         client_cpu_cores=cpu_used / duration_s,
+        mean_batch=images / batches if batches else 0.0,
     )
 
 
@@ -119,9 +155,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--duration-s", type=float, default=20)
     parser.add_argument("--warmup-s", type=float, default=3)
+    parser.add_argument(
+        "--metrics-url",
+        action="append",
+        default=[],
+        help="a worker's /metrics (QUEUENET_METRICS_PORT); repeat for several workers",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    result = run(args.url, args.concurrency, args.duration_s, args.warmup_s)
+    result = run(args.url, args.concurrency, args.duration_s, args.warmup_s, args.metrics_url)
     if args.json:
         sys.stdout.write(json.dumps(asdict(result)) + "\n")
     else:

@@ -6,13 +6,13 @@ wrong shape), dropped (deadline passed) or dead-lettered (too many attempts).
 
 from __future__ import annotations
 
-import base64
 import binascii
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import pybase64
 
 from protocol.errors import MessageDecodeError
 from protocol.messages import (
@@ -77,7 +77,7 @@ def decode_array(request: PredictRequest, shape: tuple[int, ...]) -> np.ndarray:
             f"data holds {len(request.data)} base64 characters, expected {b64_chars}",
         )
     try:
-        buffer = base64.b64decode(request.data, validate=True)
+        buffer = pybase64.b64decode(request.data, validate=True)
     except (binascii.Error, ValueError):
         raise ItemError("invalid_input", "data is not valid base64") from None
     if len(buffer) != nbytes:
