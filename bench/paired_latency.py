@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import json
 import logging
 import os
 import statistics
@@ -26,6 +25,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from bench.load import PHOTOS, multipart
+from bench.raw_model import report
 
 SETTLE_S = 0.02
 """Pause between the two halves of a pair, so that neither starts while the other's
@@ -105,11 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with tempfile.TemporaryDirectory() as tmp:
         result = measure(args.url, args.pairs, Path(args.cache_dir or tmp))
-    if args.json:
-        sys.stdout.write(json.dumps(asdict(result)) + "\n")
-    else:
-        for name, value in asdict(result).items():
-            sys.stdout.write(f"{name:<20} {value:.2f}\n")
+    report(asdict(result), as_json=args.json)
     return 0
 
 

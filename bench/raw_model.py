@@ -89,12 +89,17 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with tempfile.TemporaryDirectory() as tmp:
         figures = measure(args.batch_size, args.rounds, Path(args.cache_dir or tmp))
-    if args.json:
-        sys.stdout.write(json.dumps(asdict(figures)) + "\n")
-    else:
-        for name, value in asdict(figures).items():
-            sys.stdout.write(f"{name:<24} {value:.2f}\n")
+    report(asdict(figures), as_json=args.json)
     return 0
+
+
+def report(figures: dict[str, float], *, as_json: bool) -> None:
+    """One JSON line (read by ``bench.run``), or one aligned line per figure."""
+    if as_json:
+        sys.stdout.write(json.dumps(figures) + "\n")
+    else:
+        for name, value in figures.items():
+            sys.stdout.write(f"{name:<24} {value:.2f}\n")
 
 
 if __name__ == "__main__":
