@@ -129,6 +129,7 @@ def measure(
     service = start_service(env, port, args.serve_arg)
     runs: dict[int, list[dict[str, Any]]] = {c: [] for c in args.concurrency}
     raws: list[dict[str, Any]] = []
+    paired: dict[str, Any] | None = None
     try:
         for _ in range(args.repeats):
             raws.append(
@@ -162,7 +163,7 @@ def measure(
                 runs[concurrency].append(result)
                 sys.stderr.write(f"c={concurrency}: {result['requests_per_s']:.1f} req/s\n")
         if args.pairs:
-            raws[0]["paired"] = run_json(
+            paired = run_json(
                 ["bench.paired_latency", "--url", f"http://127.0.0.1:{port}",
                  "--pairs", str(args.pairs), "--cache-dir", env["QUEUENET_MODEL_CACHE_DIR"]],
                 env,
@@ -170,7 +171,6 @@ def measure(
     finally:
         service.send_signal(signal.SIGINT)
         service.wait(timeout=120)
-    paired = raws[0].pop("paired", None)
     raw: dict[str, Any] = {k: statistics.median(r[k] for r in raws) for k in raws[0]}
     raw["paired"] = paired
     return raw, {c: median_run(r) for c, r in runs.items()}
