@@ -11,14 +11,18 @@ A single image (one ``image`` field, JSON ``image``) is answered with ``predicti
 from __future__ import annotations
 
 import binascii
+import io
 from dataclasses import dataclass
 from typing import Any
 
 import pybase64
 from flask import Request
+from werkzeug.datastructures import FileStorage, MultiDict
 from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.formparser import FormDataParser
 
 from app.errors import InvalidRequestError
+from app.multipart import parse_simple_form
 
 IMAGE_FIELD = "image"
 IMAGES_FIELD = "images"
@@ -48,16 +52,77 @@ def read_uploads(request: Request, *, max_images: int) -> Uploads:
 
 
 def _from_multipart(request: Request) -> Uploads:
+    body = _read_body(request) if request.mimetype == "multipart/form-data" else None
+    if body is not None:
+        fast = _from_simple_multipart(request, body)
+        if fast is not None:
+            return fast
     try:
-        files = request.files.getlist(IMAGE_FIELD)
+        form, files = _werkzeug_form(request, body)
     except RequestEntityTooLarge:
         raise RequestEntityTooLarge(too_large_message(request)) from None
-    if not files:
-        raise InvalidRequestError(missing_image_message(request))
+    images = files.getlist(IMAGE_FIELD)
+    if not images:
+        raise InvalidRequestError(missing_image_message(request, form, files))
     top_k = request.args.get("top_k")
     if top_k is None:
-        top_k = request.form.get("top_k")
-    return Uploads([f.read() for f in files], many=len(files) > 1, top_k=top_k)
+        top_k = form.get("top_k")
+    return Uploads([f.read() for f in images], many=len(images) > 1, top_k=top_k)
+
+
+def _read_body(request: Request) -> bytes | None:
+    """The whole body in one read when its length is known (never over MAX_CONTENT_LENGTH).
+
+    One read of ``Content-Length`` bytes: reading in werkzeug's 64 KiB steps made gunicorn
+    copy the rest of the body it had already received on every step. None for a chunked
+    body, which werkzeug's parser then streams.
+    """
+    length = request.content_length
+    if length is None:
+        return None
+    try:
+        body: bytes = request.stream.read(length)
+    except RequestEntityTooLarge:
+        raise RequestEntityTooLarge(too_large_message(request)) from None
+    return body
+
+
+def _from_simple_multipart(request: Request, body: bytes) -> Uploads | None:
+    """The uploads of a plain multipart body with an ``image`` file; None leaves the body to
+    werkzeug's parser (unusual framing, no image file: its verdict and our messages)."""
+    form = parse_simple_form(
+        body,
+        request.mimetype_params.get("boundary", ""),
+        max_parts=request.max_form_parts,
+        max_field_bytes=request.max_form_memory_size,
+    )
+    if form is None or not form.files.get(IMAGE_FIELD):
+        return None
+    images = form.files[IMAGE_FIELD]
+    top_k = request.args.get("top_k")
+    if top_k is None:
+        top_k = form.fields.get("top_k", [None])[0]
+    return Uploads(images, many=len(images) > 1, top_k=top_k)
+
+
+def _werkzeug_form(
+    request: Request, body: bytes | None
+) -> tuple[MultiDict[str, str], MultiDict[str, FileStorage]]:
+    """werkzeug's form and files: parsed from ``body`` when it was read already (its files
+    kept in memory too: no spool files), else streamed from the request (a chunked body)."""
+    if body is None:
+        return request.form, request.files
+    parser = FormDataParser(
+        stream_factory=_in_memory,
+        max_form_memory_size=request.max_form_memory_size,
+        max_content_length=request.max_content_length,
+        max_form_parts=request.max_form_parts,
+        cls=request.parameter_storage_class,
+    )
+    _, form, files = parser.parse(
+        io.BytesIO(body), request.mimetype, len(body), request.mimetype_params
+    )
+    return form, files
 
 
 def _from_json(request: Request) -> Uploads:
@@ -100,16 +165,22 @@ def _base64(value: Any, where: str) -> bytes:
         raise InvalidRequestError(f"'{where}' is not valid base64") from None
 
 
-def missing_image_message(request: Request) -> str:
+def _in_memory(*_args: object, **_kwargs: object) -> io.BytesIO:
+    return io.BytesIO()
+
+
+def missing_image_message(
+    request: Request, form: MultiDict[str, str], files: MultiDict[str, FileStorage]
+) -> str:
     """Why no file field 'image' arrived, in terms of what the client actually sent."""
     usage = (
         f"send the image as a file in multipart field '{IMAGE_FIELD}' "
         f"(`curl -F {IMAGE_FIELD}=@photo.jpg`, multipart/form-data), or as JSON "
         f'{{"{IMAGE_FIELD}": "<base64>"}}'
     )
-    if IMAGE_FIELD in request.form:
+    if IMAGE_FIELD in form:
         return f"field '{IMAGE_FIELD}' arrived as a plain form value, not a file upload; {usage}"
-    received = sorted(set(request.files) | set(request.form))
+    received = sorted(set(files) | set(form))
     if received:
         fields = ", ".join(_printable(name) for name in received[:10])
         if len(received) > 10:
