@@ -6,6 +6,7 @@ Keys live under one namespace (``QUEUENET_NAMESPACE``, default ``queuenet``)::
     {ns}:processing:{worker}   list of messages a worker has claimed and not yet answered
     {ns}:result:{job_id}       list holding the one result message for a request (TTL)
     {ns}:worker:{worker}       heartbeat of a live worker (TTL)
+    {ns}:owner:{worker}        token of the process that owns the worker name (and may ack)
     {ns}:workers               set of worker names that may own a processing list
     {ns}:model                 model card published by the workers
     {ns}:dead                  dead letters: messages that failed max_attempts times
@@ -33,6 +34,9 @@ class Keys:
 
     def heartbeat(self, worker_name: str) -> str:
         return f"{self.namespace}:worker:{worker_name}"
+
+    def owner(self, worker_name: str) -> str:
+        return f"{self.namespace}:owner:{worker_name}"
 
     def workers(self) -> str:
         return f"{self.namespace}:workers"

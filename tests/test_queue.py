@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 
 import redis
 
 from protocol.keys import Keys
 from protocol.queue import Answer, Queue
+
+TOKEN = "t" * 32
+"""The owner token of worker ``w1`` in these tests (Queue.take_over)."""
 
 
 def fill(queue: Queue, count: int) -> list[bytes]:
@@ -66,10 +70,11 @@ def test_push_respects_max_queue(queue: Queue) -> None:
 
 
 def test_answer_publishes_result_with_ttl_and_acks(queue: Queue) -> None:
+    queue.take_over("w1", TOKEN)
     fill(queue, 2)
     raw = queue.claim("w1", 2)
     answers = [Answer(raw[0], "a" * 32, b"result-a"), Answer(raw[1], None, b"")]
-    assert queue.answer("w1", raw, answers, result_ttl_s=30) == 2
+    assert queue.answer("w1", raw, answers, owner_token=TOKEN, result_ttl_s=30) == 2
     assert queue.held("w1") == 0
     assert queue.client.lrange(queue.keys.result("a" * 32), 0, -1) == [b"result-a"]
     assert 0 < queue.client.ttl(queue.keys.result("a" * 32)) <= 30
@@ -78,17 +83,26 @@ def test_answer_publishes_result_with_ttl_and_acks(queue: Queue) -> None:
 
 def test_answer_writes_nothing_for_items_no_longer_held(queue: Queue) -> None:
     """An item requeued while its worker was presumed dead is answered only once."""
+    queue.take_over("w1", TOKEN)
     fill(queue, 1)
     raw = queue.claim("w1", 1)
     assert queue.requeue("w1") == 1  # w1 has no heartbeat: its item goes back
-    assert queue.answer("w1", raw, [Answer(raw[0], "b" * 32, b"late")], result_ttl_s=30) == 0
+    assert (
+        queue.answer(
+            "w1", raw, [Answer(raw[0], "b" * 32, b"late")], owner_token=TOKEN, result_ttl_s=30
+        )
+        == 0
+    )
     assert queue.client.exists(queue.keys.result("b" * 32)) == 0
 
 
 def test_dead_flag_moves_item_to_dead_letters(queue: Queue) -> None:
+    queue.take_over("w1", TOKEN)
     fill(queue, 1)
     raw = queue.claim("w1", 1)
-    queue.answer("w1", raw, [Answer(raw[0], "c" * 32, b"err", dead=True)], result_ttl_s=30)
+    queue.answer(
+        "w1", raw, [Answer(raw[0], "c" * 32, b"err", dead=True)], owner_token=TOKEN, result_ttl_s=30
+    )
     assert queue.client.lrange(queue.keys.dead(), 0, -1) == raw
 
 
@@ -96,7 +110,7 @@ def test_requeue_restores_order_at_the_head_and_counts_attempts(queue: Queue) ->
     queue.client.rpush(queue.keys.queue(), b'{"id":"x","attempts":0}', b'{"id":"y"}', b"not json")
     claimed = queue.claim("w1", 3)
     queue.client.rpush(queue.keys.queue(), b'{"id":"z"}')
-    queue.beat("w1", b"{}", ttl_s=5)
+    queue.beat("w1", b"{}", ttl_s=5, owner_token=TOKEN)
     assert queue.requeue("w1") == -1  # alive: nothing moves
     queue.client.delete(queue.keys.heartbeat("w1"))
     assert queue.requeue_dead_workers(exclude="someone-else") == 3
@@ -160,6 +174,42 @@ def test_batch_fill_wait_picks_up_late_items(queue: Queue) -> None:
     assert got[-1] == b"late" and len(got) == 2
 
 
+def test_block_claim_takes_what_is_queued_in_order_up_to_the_batch_size(queue: Queue) -> None:
+    items = fill(queue, 6)
+    got = queue.block_claim("w1", 4, block_timeout_s=1.0, batch_wait_s=0.5, busy=False)
+    assert got == items[:4]
+    assert queue.client.lrange(queue.keys.processing("w1"), 0, -1) == items[:4]
+    assert queue.client.lrange(queue.keys.queue(), 0, -1) == items[4:]
+    assert queue.block_claim("w1", 1, block_timeout_s=1.0, batch_wait_s=0.0) == items[4:5]
+
+
+def test_batch_fill_takes_a_late_group_whole(queue: Queue) -> None:
+    """Items that arrive together during the fill wait are claimed with the one that woke it."""
+    first = fill(queue, 1)
+    late = [f"late-{i}".encode() for i in range(5)]
+
+    def later() -> None:
+        time.sleep(0.05)
+        queue.client.rpush(queue.keys.queue(), *late)
+
+    pusher = threading.Thread(target=later)
+    pusher.start()
+    started = time.monotonic()
+    got = queue.block_claim("w1", 4, block_timeout_s=1.0, batch_wait_s=1.0)
+    elapsed_s = time.monotonic() - started
+    pusher.join(timeout=5)
+    assert got == first + late[:3] and elapsed_s < 0.5
+    assert queue.client.lrange(queue.keys.processing("w1"), 0, -1) == got
+    assert queue.client.lrange(queue.keys.queue(), 0, -1) == late[3:]
+
+
+def test_block_claim_on_an_empty_queue_times_out_empty(queue: Queue) -> None:
+    started = time.monotonic()
+    assert queue.block_claim("w1", 8, block_timeout_s=0.2, batch_wait_s=0.01) == []
+    assert 0.1 < time.monotonic() - started < 1.0
+    assert queue.held("w1") == 0
+
+
 def test_a_lone_item_on_an_idle_queue_is_not_held_back(queue: Queue) -> None:
     fill(queue, 1)
     started = time.monotonic()
@@ -168,7 +218,8 @@ def test_a_lone_item_on_an_idle_queue_is_not_held_back(queue: Queue) -> None:
 
 
 def test_answer_acks_by_position_with_identical_and_long_items(queue: Queue) -> None:
-    """Items are identified by position and a prefix; twins and 200 KB items are fine."""
+    """Items are identified by position; twins and 200 KB items are fine."""
+    queue.take_over("w1", TOKEN)
     big = b'{"v":1,"id":"' + b"f" * 32 + b'"' + b"x" * 200_000 + b"}"
     queue.client.rpush(queue.keys.queue(), b"twin", b"twin", big)
     raw = queue.claim("w1", 3)
@@ -177,18 +228,71 @@ def test_answer_acks_by_position_with_identical_and_long_items(queue: Queue) -> 
         Answer(raw[0], None, b"", dead=True),
         Answer(raw[1], None, b"", retry=b"twin-again"),
     ]
-    assert queue.answer("w1", raw, answers, result_ttl_s=30) == 3
+    assert queue.answer("w1", raw, answers, owner_token=TOKEN, result_ttl_s=30) == 3
     assert queue.held("w1") == 0
     assert queue.client.lrange(queue.keys.result("f" * 32), 0, -1) == [b"ok-big"]
     assert queue.client.lrange(queue.keys.dead(), 0, -1) == [b"twin"]
     assert queue.client.lrange(queue.keys.queue(), 0, -1) == [b"twin-again"]
 
 
-def test_answer_refuses_a_list_that_is_not_the_batch(queue: Queue) -> None:
+def test_answer_refuses_once_another_process_took_over_the_name(queue: Queue) -> None:
+    """A second process under the same worker name (a restart while the old one still ran)
+    takes the items back and owns the name: the old process can no longer acknowledge."""
+    queue.take_over("w1", TOKEN)
     fill(queue, 2)
     raw = queue.claim("w1", 2)
-    queue.client.lset(queue.keys.processing("w1"), 1, "someone else's")
+    assert queue.take_over("w1", "new-owner") == 2  # the items go back to the queue
+    again = queue.claim("w1", 2)  # and the new process claims them: the same length
     answers = [Answer(raw[0], "a" * 32, b"r0"), Answer(raw[1], "b" * 32, b"r1")]
-    assert queue.answer("w1", raw, answers, result_ttl_s=30) == 0
+    assert queue.answer("w1", raw, answers, owner_token=TOKEN, result_ttl_s=30) == 0
     assert queue.client.exists(queue.keys.result("a" * 32)) == 0
-    assert queue.held("w1") == 2
+    assert queue.held("w1") == 2  # still the new owner's, to answer
+    answers = [Answer(again[0], "a" * 32, b"r0"), Answer(again[1], "b" * 32, b"r1")]
+    assert queue.answer("w1", again, answers, owner_token="new-owner", result_ttl_s=30) == 2
+
+
+def test_answer_refuses_a_batch_whose_length_changed(queue: Queue) -> None:
+    queue.take_over("w1", TOKEN)
+    fill(queue, 3)
+    raw = queue.claim("w1", 2)
+    queue.claim("w1", 1)  # the list is no longer the batch the answer speaks for
+    answers = [Answer(raw[0], "a" * 32, b"r0"), Answer(raw[1], "b" * 32, b"r1")]
+    assert queue.answer("w1", raw, answers, owner_token=TOKEN, result_ttl_s=30) == 0
+    assert queue.held("w1") == 3
+
+
+def test_a_dead_workers_owner_token_goes_with_its_items(queue: Queue) -> None:
+    queue.take_over("w1", TOKEN)
+    fill(queue, 1)
+    queue.claim("w1", 1)
+    queue.beat("w1", b"{}", ttl_s=5, owner_token=TOKEN)
+    queue.client.delete(queue.keys.heartbeat("w1"))  # its heartbeat expired
+    assert queue.requeue_dead_workers(exclude="w2") == 1
+    assert queue.client.exists(queue.keys.owner("w1")) == 0
+    queue.beat("w1", b"{}", ttl_s=5, owner_token=TOKEN)  # a beat after a Redis restart
+    assert queue.client.get(queue.keys.owner("w1")) == TOKEN.encode()
+    queue.beat("w1", b"{}", ttl_s=5, owner_token="other")  # never steals an owned name
+    assert queue.client.get(queue.keys.owner("w1")) == TOKEN.encode()
+
+
+def test_push_over_the_bound_takes_its_messages_back(queue: Queue) -> None:
+    assert queue.push([b"a", b"b"], max_queue=2)
+    assert not queue.push([b"c"], max_queue=2)
+    assert not queue.push([b"c", b"d"], max_queue=2)
+    assert queue.client.lrange(queue.keys.queue(), 0, -1) == [b"a", b"b"]
+
+
+def test_push_over_the_bound_that_a_worker_raced_stays_whole(queue: Queue) -> None:
+    """Between the RPUSH and the take-back a worker claimed one of the request's images:
+    the request is in after all, and the image taken back goes in again (at the head)."""
+
+    class RacedQueue(Queue):
+        def _take_back(self, messages: Sequence[bytes]) -> list[bool]:
+            self.claim("w1", 2)  # a worker takes "a" and "x", the request's first image
+            return super()._take_back(messages)
+
+    queue = RacedQueue(queue.client, queue.keys)
+    queue.push([b"a"], max_queue=1)
+    assert queue.push([b"x", b"y"], max_queue=1)
+    assert queue.client.lrange(queue.keys.processing("w1"), 0, -1) == [b"a", b"x"]
+    assert queue.client.lrange(queue.keys.queue(), 0, -1) == [b"y"]

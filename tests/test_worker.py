@@ -135,7 +135,7 @@ def test_a_restarted_worker_takes_back_its_own_leftovers(
     jobs = [enqueue(queue, (5, 240, 5)) for _ in range(2)]
     worker = make_worker()
     queue.claim(worker.name, 2)  # the previous life claimed them, then died
-    queue.beat(worker.name, b"{}", ttl_s=60)  # and its heartbeat has not even expired
+    queue.beat(worker.name, b"{}", ttl_s=60, owner_token="previous-life")  # not even expired
     worker.run(max_batches=1)
     assert all(result(queue, job).predictions[0].label == "green" for job in jobs)
     assert queue.held(worker.name) == 0

@@ -42,6 +42,8 @@ class Worker:
         self.model = model
         self.settings = settings
         self.name = settings.name()
+        self.owner_token = uuid.uuid4().hex
+        """Identifies this process as the owner of ``name`` in Redis (see Queue.take_over)."""
         self.clock = clock
         self._stop = threading.Event()
         self._next_beat = 0.0
@@ -98,7 +100,7 @@ class Worker:
         if self._started:
             return
         # Our own leftovers (a previous process with this name died) go back to the queue.
-        moved = self.queue.requeue(self.name, force=True)
+        moved = self.queue.take_over(self.name, self.owner_token)
         if moved:
             logger.warning("requeued %d item(s) left by a previous %s", moved, self.name)
         # The model card goes out with the first heartbeat, which follows at once.
@@ -127,7 +129,9 @@ class Worker:
                 "ts": self.clock(),
             }
         ).encode()
-        self.queue.beat(self.name, payload, ttl_s=self.settings.heartbeat_ttl_s)
+        self.queue.beat(
+            self.name, payload, ttl_s=self.settings.heartbeat_ttl_s, owner_token=self.owner_token
+        )
         self.queue.requeue_dead_workers(exclude=self.name)
         # The card may have been lost with a Redis restart; it is cheap to set again.
         self.publish_model_card()
@@ -238,7 +242,11 @@ class Worker:
 
     def write_results(self, claimed: Sequence[bytes], answers: Sequence[Answer]) -> None:
         acked = self.queue.answer(
-            self.name, claimed, answers, result_ttl_s=self.settings.result_ttl_s
+            self.name,
+            claimed,
+            answers,
+            owner_token=self.owner_token,
+            result_ttl_s=self.settings.result_ttl_s,
         )
         if acked != len(claimed):
             logger.warning(
@@ -269,6 +277,9 @@ class Worker:
             held = self.queue.held(self.name)
             if held == 0:
                 self.queue.retire(self.name)
+                # Retired: a later run() takes the name over again, as a new process would.
+                self._started = False
+                self._next_beat = 0.0
             else:
                 logger.warning(
                     "worker %s stops holding %d item(s); they will be requeued", self.name, held
