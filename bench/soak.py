@@ -167,12 +167,13 @@ def memory_bytes(cluster: Cluster) -> int:
 
 def work_keys(cluster: Cluster) -> int:
     """Keys that hold work or answers (queue, processing lists, results); 0 when all is done.
-    The model card, the workers set and heartbeats are the service's own state."""
+    The model card, the workers set, heartbeats and owner tokens are the service's own state."""
     own = {f"{NAMESPACE}:model", f"{NAMESPACE}:workers"}
     return sum(
         1
         for key in cluster.client().scan_iter(match=f"{NAMESPACE}:*", count=1000)
-        if key.decode() not in own and not key.decode().startswith(f"{NAMESPACE}:worker:")
+        if key.decode() not in own
+        and not key.decode().startswith((f"{NAMESPACE}:worker:", f"{NAMESPACE}:owner:"))
     )
 
 

@@ -1,11 +1,13 @@
 """The benchmark tools run and report what they claim: the load generator against a live
-service (gunicorn + a worker with metrics), and the codec comparison."""
+service (gunicorn + a worker with metrics), the codec comparison and the Redis-ops one."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+
+import redis
 
 from tests.helpers import ROOT, free_port, python_env
 from tests.live import LiveService
@@ -60,3 +62,19 @@ def test_codec_bench_checks_wire_compatibility_and_prints_ratios() -> None:
     for row in rows:
         speed_up = row.rstrip(" |").rsplit("|", 1)[1].strip()
         assert speed_up.endswith("x") and float(speed_up[:-1]) > 0
+
+
+def test_redis_ops_bench_runs_both_shapes_and_cleans_up(redis_url: str) -> None:
+    out = run_module(
+        "bench.redis_ops", "--requests", "40", "--rounds", "2", "--redis-url", redis_url
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = {
+        line.split("|")[1].strip(): line.split("|")[2:5]
+        for line in out.stdout.splitlines()
+        if line.startswith("| Redis CPU") or line.startswith("| round trips")
+    }
+    assert set(rows) == {"Redis CPU, us", "round trips, ms"}
+    for baseline, ours, ratio in rows.values():
+        assert float(baseline) > 0 and float(ours) > 0 and ratio.strip().endswith("x")
+    assert not redis.Redis.from_url(redis_url).keys("bench-*")  # its namespace is gone
