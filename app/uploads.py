@@ -64,10 +64,13 @@ def _from_multipart(request: Request) -> Uploads:
     images = files.getlist(IMAGE_FIELD)
     if not images:
         raise InvalidRequestError(missing_image_message(request, form, files))
+    return _form_uploads(request, [f.read() for f in images], form.get("top_k"))
+
+
+def _form_uploads(request: Request, images: list[bytes], form_top_k: str | None) -> Uploads:
+    """The images of a form, with ``top_k`` from the query string or else the form."""
     top_k = request.args.get("top_k")
-    if top_k is None:
-        top_k = form.get("top_k")
-    return Uploads([f.read() for f in images], many=len(images) > 1, top_k=top_k)
+    return Uploads(images, many=len(images) > 1, top_k=form_top_k if top_k is None else top_k)
 
 
 def _read_body(request: Request) -> bytes | None:
@@ -98,11 +101,7 @@ def _from_simple_multipart(request: Request, body: bytes) -> Uploads | None:
     )
     if form is None or not form.files.get(IMAGE_FIELD):
         return None
-    images = form.files[IMAGE_FIELD]
-    top_k = request.args.get("top_k")
-    if top_k is None:
-        top_k = form.fields.get("top_k", [None])[0]
-    return Uploads(images, many=len(images) > 1, top_k=top_k)
+    return _form_uploads(request, form.files[IMAGE_FIELD], form.fields.get("top_k", [None])[0])
 
 
 def _werkzeug_form(

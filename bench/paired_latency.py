@@ -14,18 +14,15 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import logging
-import os
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from bench.load import PHOTOS, multipart
-from bench.raw_model import report
+from bench.raw_model import measure_and_report
 
 SETTLE_S = 0.02
 """Pause between the two halves of a pair, so that neither starts while the other's
@@ -101,11 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", default="", help="model cache (default: a temp dir)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    with tempfile.TemporaryDirectory() as tmp:
-        result = measure(args.url, args.pairs, Path(args.cache_dir or tmp))
-    report(asdict(result), as_json=args.json)
+    measure_and_report(
+        lambda cache: asdict(measure(args.url, args.pairs, cache)),
+        cache_dir=args.cache_dir,
+        as_json=args.json,
+    )
     return 0
 
 

@@ -17,8 +17,10 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -85,12 +87,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", default="", help="model cache (default: a temp dir)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    measure_and_report(
+        lambda cache: asdict(measure(args.batch_size, args.rounds, cache)),
+        cache_dir=args.cache_dir,
+        as_json=args.json,
+    )
+    return 0
+
+
+def measure_and_report(
+    measure_in: Callable[[Path], dict[str, Any]], *, cache_dir: str, as_json: bool
+) -> None:
+    """Quiet TensorFlow's logs, run ``measure_in`` with a model cache (``cache_dir``, or a
+    temporary one) and print its figures: the common ``main`` of the model benches."""
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with tempfile.TemporaryDirectory() as tmp:
-        figures = measure(args.batch_size, args.rounds, Path(args.cache_dir or tmp))
-    report(asdict(figures), as_json=args.json)
-    return 0
+        figures = measure_in(Path(cache_dir or tmp))
+    report(figures, as_json=as_json)
 
 
 def report(figures: dict[str, float], *, as_json: bool) -> None:
