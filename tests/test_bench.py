@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import redis
 
@@ -78,3 +79,69 @@ def test_redis_ops_bench_runs_both_shapes_and_cleans_up(redis_url: str) -> None:
     for baseline, ours, ratio in rows.values():
         assert float(baseline) > 0 and float(ours) > 0 and ratio.strip().endswith("x")
     assert not redis.Redis.from_url(redis_url).keys("bench-*")  # its namespace is gone
+
+
+def test_profile_charges_each_sample_to_its_deepest_stage_at_the_real_rate() -> None:
+    from bench.profile import WEB_CLOCK, WEB_STAGES, Profile, collapse, ms_per_request, summary
+
+    handle = "ThreadWorker.handle (gunicorn/workers/gthread.py:282)"
+    view = f"{handle};Flask.wsgi_app (flask/app.py:1511);predict (app/views.py:49)"
+    raw = "\n".join(
+        [
+            # py-spy fell behind: 100 samples of the always-present main loop in 1 s.
+            "run (gunicorn/app/wsgiapp.py:66);"
+            "ThreadWorker.run (gunicorn/workers/gthread.py:425) 100",
+            f"{view};_prepare (app/views.py:65);decode_image (app/preprocess.py:70);open 30",
+            f"{view};PredictionService.predict (app/queueing.py:120);"
+            "Queue.wait_result (protocol/queue.py:146);BLPOP 50",
+            f"{handle};Request.parse (gunicorn/http/message.py:40) 5",
+            "_bootstrap (threading.py:1002);_worker (concurrent/futures/thread.py:81) 400",  # idle
+            "garbage line",
+        ]
+    )
+    samples = collapse(raw, WEB_STAGES, WEB_CLOCK)
+    assert samples.clock == 100
+    assert samples.by_stage == {
+        "decode the image (Pillow)": 30,
+        "wait for the answer (BLPOP)": 50,
+        "gunicorn: parse the request, write the answer": 5,
+    }
+    # 1 s recorded, 100 samples: 10 ms each; 5 requests.
+    web_ms = ms_per_request([samples], 1, 5)
+    assert web_ms["decode the image (Pillow)"] == 60.0
+    assert web_ms["wait for the answer (BLPOP)"] == 100.0
+    worker_ms = {"model call (tf.function)": 90.0, "write the answer + ack (Redis)": 4.0}
+    line = summary(Profile(5, 200.0, web_ms, worker_ms))[0]
+    # 200 = bare (60 decode + 90 model) + web's own 10 + worker's own 4 + the rest 36.
+    assert "bare pipeline stages (decode, resize, model) 150.0" in line
+    assert "added by the service 50.0 ms" in line
+    assert "web tier's own work 10.0, worker's work around the model 4.0" in line
+
+
+def test_profile_bench_shows_where_a_request_spends_its_time(model_cache: Path) -> None:
+    """The whole service under py-spy: stages that must be there are, and the worker's main
+    loop, which never ends, adds up to the client's time per request."""
+    env = python_env({"QUEUENET_MODEL_CACHE_DIR": str(model_cache)})
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.profile", "--duration-s", "4", "--warmup-s", "2",
+         "--rate-hz", "100"],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = {
+        line.split("|")[1].strip(): line.split("|")[2].strip()
+        for line in out.stdout.splitlines()
+        if line.startswith("| ") and not line.startswith("| ---")
+    }
+    for stage in ("decode the image (Pillow)", "wait for the answer (BLPOP)",
+                  "push to Redis (RPUSH)", "model call (tf.function)"):  # fmt: skip
+        assert float(rows[stage]) > 0, (stage, out.stdout)
+    summary = out.stdout.strip().splitlines()[-1]
+    client_ms = float(summary.split("client mean ")[1].split(" ms")[0])
+    totals = [
+        float(line.split("|")[2]) for line in out.stdout.splitlines() if line.startswith("| total")
+    ]
+    assert len(totals) == 2, out.stdout
+    web_total, worker_total = totals
+    assert abs(worker_total - client_ms) < 0.25 * client_ms, out.stdout
+    assert 0 < web_total <= 1.25 * client_ms, out.stdout

@@ -1,0 +1,320 @@
+"""Where one request's time goes at concurrency 1: py-spy on the web tier and the worker.
+
+    python -m bench.profile [--duration-s 20] [--rate-hz 200] [--serve-arg --workers=1]
+
+Starts ``queuenet serve`` (as ``bench.run`` does), drives it with one closed-loop client
+(``bench.load --concurrency 1``) and, during the measured window, samples every gunicorn
+process and the model worker with ``py-spy record --idle --nonblocking``: wall time, waits
+included. Only two threads count: the gunicorn thread that handles a request (its samples
+carry gunicorn's ``handle`` frame) and the worker's main loop (``Worker.run``). Each sample
+is charged to the deepest stage of ``WEB_STAGES`` / ``WORKER_STAGES`` on its stack.
+
+Prints milliseconds per request for each stage, marked by role: ``bare`` (the bare pipeline,
+decode + resize + model in one process, pays it too), ``service`` (only the service does, on
+the request's path) or ``off-path`` (the worker between requests). Then the client's mean
+time per request, split into the bare stages, the web tier's own work, the worker's work
+around the model, and the rest, which neither thread spends working: Redis waking the blocked
+worker and web thread, HTTP through the kernel, gunicorn's poller, the client. These are
+means, from samples; ``bench.paired_latency`` gives the median difference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.load import LoadResult
+from bench.load import run as run_load
+from bench.run import free_port, matching_procs, start_service
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    function: str
+    """A frame's function name (py-spy prints ``Class.method`` for methods, Python 3.11+)."""
+    file: str
+    """The end of that frame's file path."""
+    role: str = "service"
+    """``bare``: the bare in-process pipeline pays it too; ``service``: only the service does,
+    on the request's path; ``off-path``: the worker's time between requests."""
+
+
+WEB_STAGES = (
+    Stage(
+        "gunicorn: parse the request, write the answer",
+        "ThreadWorker.handle",
+        "gunicorn/workers/gthread.py",
+    ),
+    Stage("Flask / werkzeug around the view", "Flask.wsgi_app", "flask/app.py"),
+    Stage("read the multipart upload", "read_uploads", "app/uploads.py"),
+    Stage("model card (cached)", "PredictionService.model_card", "app/queueing.py"),
+    Stage("decode the image (Pillow)", "decode_image", "app/preprocess.py", "bare"),
+    Stage("crop + resize", "prepare", "app/preprocess.py", "bare"),
+    Stage(
+        "build the queue message (base64, JSON)",
+        "PredictRequest.from_array",
+        "protocol/messages.py",
+    ),
+    Stage("build the queue message (base64, JSON)", "encode_request", "protocol/messages.py"),
+    Stage("push to Redis (RPUSH)", "Queue.push", "protocol/queue.py"),
+    Stage("wait for the answer (BLPOP)", "Queue.wait_result", "protocol/queue.py", "wait"),
+    Stage("read the answer, JSON response", "_outcome", "app/queueing.py"),
+    Stage("read the answer, JSON response", "jsonify", "flask/json/__init__.py"),
+    Stage("access log + metrics", "_log_request", "app/__init__.py"),
+)
+WEB_CLOCK = Stage("gunicorn's main loop", "ThreadWorker.run", "gunicorn/workers/gthread.py")
+"""A thread every gunicorn worker process always has: its samples give py-spy's real rate."""
+
+WORKER_STAGES = (
+    Stage(
+        "loop bookkeeping (heartbeat, logs, metrics)", "Worker.run", "worker/loop.py", "off-path"
+    ),
+    Stage(
+        "idle: wait for and claim work (BLMOVE)",
+        "Worker.dequeue_batch",
+        "worker/loop.py",
+        "off-path",
+    ),
+    Stage("decode + check the message", "triage", "worker/batching.py"),
+    Stage("stack the batch", "stack", "worker/batching.py"),
+    Stage("model call (tf.function)", "KerasPredictor.predict", "worker/model.py", "bare"),
+    Stage("rank + encode the answer", "top_k", "worker/batching.py"),
+    Stage("rank + encode the answer", "encode_result", "protocol/messages.py"),
+    Stage("write the answer + ack (Redis)", "Worker.write_results", "worker/loop.py"),
+)
+WORKER_CLOCK = Stage("the worker's main loop", "Worker.run", "worker/loop.py")
+
+FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^()]*?)(?::\d+)?\)$")
+
+
+def _matches(frame: str, stage: Stage) -> bool:
+    match = FRAME.match(frame)
+    if match is None:
+        return False
+    return match["function"] == stage.function and match["file"].endswith(stage.file)
+
+
+def charge(stack: Sequence[str], stages: Sequence[Stage]) -> str | None:
+    """The deepest stage on ``stack`` (frames root first, py-spy's ``function (file:line)``);
+    None if the stack has none, i.e. it is not a thread this profile counts."""
+    found = None
+    for frame in stack:
+        for stage in stages:
+            if _matches(frame, stage):
+                found = stage.name
+    return found
+
+
+@dataclass
+class Samples:
+    by_stage: collections.Counter[str]
+    clock: int
+    """Samples of the ``clock`` thread, which lives through the whole recording."""
+
+
+def collapse(raw: str, stages: Sequence[Stage], clock: Stage) -> Samples:
+    """Samples per stage from py-spy's ``--format raw`` output (``frame;frame;... count``)."""
+    samples = Samples(collections.Counter(), 0)
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = stack.split(";")
+        stage = charge(frames, stages)
+        if stage is not None:
+            samples.by_stage[stage] += int(count)
+        if any(_matches(frame, clock) for frame in frames):
+            samples.clock += int(count)
+    return samples
+
+
+def ms_per_request(
+    samples: Sequence[Samples], duration_s: float, requests: int
+) -> dict[str, float]:
+    """Each process's samples turned into wall time at its real sampling rate (py-spy falls
+    behind the asked-for rate when the machine is busy), summed over the processes."""
+    figures: dict[str, float] = collections.defaultdict(float)
+    for process in samples:
+        if process.clock == 0:
+            continue  # gunicorn's arbiter: it handles no request
+        sample_ms = duration_s * 1000 / process.clock
+        for stage, count in process.by_stage.items():
+            figures[stage] += count * sample_ms / requests
+    return dict(figures)
+
+
+def record(pids: Sequence[int], duration_s: int, rate_hz: int, out_dir: Path) -> list[Path]:
+    """py-spy on every pid at once for ``duration_s``; the raw outputs' paths (collapsed
+    stacks, which flamegraph.pl and speedscope read)."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    outputs, recorders = [], []
+    for pid in pids:
+        output = out_dir / f"{pid}.txt"
+        args = [
+            "record", "--pid", str(pid), "--duration", str(duration_s), "--rate", str(rate_hz),
+            "--idle", "--nonblocking", "--format", "raw", "--output", str(output),
+        ]  # fmt: skip
+        recorders.append(
+            subprocess.Popen([py_spy, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        )
+        outputs.append(output)
+    for recorder in recorders:
+        _, err = recorder.communicate(timeout=duration_s + 120)
+        if recorder.returncode != 0:
+            raise RuntimeError(f"py-spy failed ({recorder.returncode}): {err.decode()[-2000:]}")
+    return outputs
+
+
+@dataclass
+class Profile:
+    requests: int
+    client_mean_ms: float
+    web_ms: dict[str, float]
+    worker_ms: dict[str, float]
+
+
+def descendants(root_pid: int) -> set[int]:
+    """The processes below ``root_pid`` (from /proc's parent pids)."""
+    parents = {}
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit():
+                parents[int(proc.name)] = int(
+                    (proc / "stat").read_text().rsplit(")", 1)[1].split()[1]
+                )
+        except OSError:
+            continue
+    found: set[int] = set()
+    frontier = {root_pid}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def measure(
+    duration_s: int, warmup_s: float, rate_hz: int, serve_args: list[str], keep_dir: str
+) -> Profile:
+    env = dict(os.environ) | {"QUEUENET_LOG_LEVEL": "warning"}
+    env.setdefault("QUEUENET_MODEL_CACHE_DIR", str(Path.home() / ".cache" / "queuenet"))
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    port = free_port()
+    service = start_service(env, port, serve_args)
+    try:
+        ours = descendants(service.pid)
+        web_pids = [int(p.name) for p in matching_procs(f"127.0.0.1:{port}") if int(p.name) in ours]
+        worker_pids = [int(p.name) for p in matching_procs("-m worker") if int(p.name) in ours]
+        if not web_pids or len(worker_pids) != 1:
+            raise RuntimeError(f"expected gunicorn and one worker, found {web_pids} {worker_pids}")
+        load: dict[str, LoadResult] = {}
+        client = threading.Thread(
+            target=lambda: load.update(
+                result=run_load(f"http://127.0.0.1:{port}", 1, duration_s, warmup_s, [])
+            )
+        )
+        client.start()
+        with tempfile.TemporaryDirectory() as tmp:
+            out_dir = Path(keep_dir or tmp)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            time.sleep(warmup_s)  # py-spy records the measured window only
+            outputs = record([*web_pids, *worker_pids], duration_s, rate_hz, out_dir)
+            client.join()
+            web = [collapse(o.read_text(), WEB_STAGES, WEB_CLOCK) for o in outputs[:-1]]
+            worker = collapse(outputs[-1].read_text(), WORKER_STAGES, WORKER_CLOCK)
+    finally:
+        service.send_signal(signal.SIGINT)
+        service.wait(timeout=120)
+    if "result" not in load:
+        raise RuntimeError("the load generator failed (its traceback is above)")
+    result = load["result"]
+    requests = result.requests
+    if requests == 0 or result.errors:
+        raise RuntimeError(f"the load failed: {result}")
+    return Profile(
+        requests=requests,
+        client_mean_ms=duration_s * 1000 / requests,
+        web_ms=ms_per_request(web, duration_s, requests),
+        worker_ms=ms_per_request([worker], duration_s, requests),
+    )
+
+
+def stage_table(title: str, figures: dict[str, float], stages: Sequence[Stage]) -> list[str]:
+    total = sum(figures.values()) or 1.0
+    lines = [f"| {title} | ms per request | share | role |", "| --- | --- | --- | --- |"]
+    for name, role in dict.fromkeys((s.name, s.role) for s in stages):
+        ms = figures.get(name, 0.0)
+        lines.append(f"| {name} | {ms:.2f} | {ms / total:.0%} | {role} |")
+    lines.append(f"| total | {sum(figures.values()):.2f} | | |")
+    return lines
+
+
+def path_split(profile: Profile) -> dict[str, float]:
+    """The mean request's wall time by who spends it. The web tier's wait overlaps the
+    worker's work, so the path is: the web tier's own stages, the worker's stages on the
+    request's path, and the rest (Redis waking the blocked worker and web thread, HTTP
+    through the kernel, the client, gunicorn's poller)."""
+
+    def by_role(figures: dict[str, float], stages: Sequence[Stage], role: str) -> float:
+        names = {s.name for s in stages if s.role == role}
+        return sum(ms for name, ms in figures.items() if name in names)
+
+    web, worker = profile.web_ms, profile.worker_ms
+    split = {
+        "bare pipeline stages (decode, resize, model)": by_role(web, WEB_STAGES, "bare")
+        + by_role(worker, WORKER_STAGES, "bare"),
+        "web tier's own work": by_role(web, WEB_STAGES, "service"),
+        "worker's work around the model": by_role(worker, WORKER_STAGES, "service"),
+    }
+    split["hand-offs, HTTP, client (the rest)"] = profile.client_mean_ms - sum(split.values())
+    return split
+
+
+def summary(profile: Profile) -> list[str]:
+    split = path_split(profile)
+    bare, *added = split.items()
+    return [
+        f"{profile.requests} requests at concurrency 1: client mean {profile.client_mean_ms:.1f} "
+        f"ms = {bare[0]} {bare[1]:.1f} + added by the service "
+        f"{sum(ms for _, ms in added):.1f} ms ("
+        + ", ".join(f"{n} {ms:.1f}" for n, ms in added)
+        + ")"
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration-s", type=int, default=20, help="whole seconds (py-spy)")
+    parser.add_argument("--warmup-s", type=float, default=3)
+    parser.add_argument("--rate-hz", type=int, default=200)
+    parser.add_argument("--serve-arg", action="append", default=[], help="passed to serve")
+    parser.add_argument(
+        "--keep-dir", default="", help="keep py-spy's raw stacks here (<pid>.txt; worker last)"
+    )
+    args = parser.parse_args(argv)
+    profile = measure(args.duration_s, args.warmup_s, args.rate_hz, args.serve_arg, args.keep_dir)
+    lines = [
+        *stage_table("web: request thread", profile.web_ms, WEB_STAGES),
+        "",
+        *stage_table("worker: main loop", profile.worker_ms, WORKER_STAGES),
+        "",
+        *summary(profile),
+    ]
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
