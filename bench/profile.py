@@ -1,10 +1,11 @@
 """Where one request's time goes at concurrency 1: py-spy on the web tier and the worker.
 
-    python -m bench.profile [--duration-s 20] [--rate-hz 200] [--serve-arg --workers=1]
+    python -m bench.profile [--duration-s 20] [--rate-hz 100] [--serve-arg --workers=1]
 
-Starts ``queuenet serve`` (as ``bench.run`` does), drives it with one closed-loop client
-(``bench.load --concurrency 1``) and, during the measured window, samples every gunicorn
-process and the model worker with ``py-spy record --idle --nonblocking``: wall time, waits
+Starts ``queuenet serve`` (as ``bench.run`` does) and drives it with one closed-loop client
+(``bench.load --concurrency 1``): after the warm-up, for ``--duration-s`` without py-spy (what
+the sampling itself costs shows against this), then as long again while ``py-spy record
+--idle --nonblocking`` samples every gunicorn process and the model worker: wall time, waits
 included. Only two threads count: the gunicorn thread that handles a request (its samples
 carry gunicorn's ``handle`` frame) and the worker's main loop (``Worker.run``). Each sample
 is charged to the deepest stage of ``WEB_STAGES`` / ``WORKER_STAGES`` on its stack.
@@ -15,7 +16,9 @@ the request's path) or ``off-path`` (the worker between requests). Then the clie
 time per request, split into the bare stages, the web tier's own work, the worker's work
 around the model, and the rest, which neither thread spends working: Redis waking the blocked
 worker and web thread, HTTP through the kernel, gunicorn's poller, the client. These are
-means, from samples; ``bench.paired_latency`` gives the median difference.
+means, from samples; ``bench.paired_latency`` gives the median difference. Where the two
+processes overlap (the worker starts on a message while the web thread still reads RPUSH's
+reply), the rest absorbs the overlap, so the split is approximate.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import argparse
 import collections
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -49,7 +53,8 @@ class Stage:
     """The end of that frame's file path."""
     role: str = "service"
     """``bare``: the bare in-process pipeline pays it too; ``service``: only the service does,
-    on the request's path; ``off-path``: the worker's time between requests."""
+    on the request's path; ``wait``: the web tier waiting for the worker (the worker's stages
+    overlap it); ``off-path``: the worker's time between requests."""
 
 
 WEB_STAGES = (
@@ -59,6 +64,8 @@ WEB_STAGES = (
         "gunicorn/workers/gthread.py",
     ),
     Stage("Flask / werkzeug around the view", "Flask.wsgi_app", "flask/app.py"),
+    Stage("the view's own code (ids, checks, g)", "predict", "app/views.py"),
+    Stage("the view's own code (ids, checks, g)", "PredictionService.predict", "app/queueing.py"),
     Stage("read the multipart upload", "read_uploads", "app/uploads.py"),
     Stage("model card (cached)", "PredictionService.model_card", "app/queueing.py"),
     Stage("decode the image (Pillow)", "decode_image", "app/preprocess.py", "bare"),
@@ -79,21 +86,24 @@ WEB_CLOCK = Stage("gunicorn's main loop", "ThreadWorker.run", "gunicorn/workers/
 """A thread every gunicorn worker process always has: its samples give py-spy's real rate."""
 
 WORKER_STAGES = (
-    Stage(
-        "loop bookkeeping (heartbeat, logs, metrics)", "Worker.run", "worker/loop.py", "off-path"
-    ),
+    Stage("between batches (heartbeat, loop)", "Worker.run", "worker/loop.py", "off-path"),
     Stage(
         "idle: wait for and claim work (BLMOVE)",
         "Worker.dequeue_batch",
         "worker/loop.py",
         "off-path",
     ),
+    Stage("batch bookkeeping (ids, metrics)", "Worker.process", "worker/loop.py"),
+    Stage("batch bookkeeping (ids, metrics)", "Worker.predict_batch", "worker/loop.py"),
     Stage("decode + check the message", "triage", "worker/batching.py"),
     Stage("stack the batch", "stack", "worker/batching.py"),
     Stage("model call (tf.function)", "KerasPredictor.predict", "worker/model.py", "bare"),
     Stage("rank + encode the answer", "top_k", "worker/batching.py"),
     Stage("rank + encode the answer", "encode_result", "protocol/messages.py"),
     Stage("write the answer + ack (Redis)", "Worker.write_results", "worker/loop.py"),
+    Stage(
+        "the batch's log line (after the answer)", "Logger.info", "logging/__init__.py", "off-path"
+    ),
 )
 WORKER_CLOCK = Stage("the worker's main loop", "Worker.run", "worker/loop.py")
 
@@ -102,9 +112,10 @@ FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^()]*?)(?::\d+)?\)$")
 
 def _matches(frame: str, stage: Stage) -> bool:
     match = FRAME.match(frame)
-    if match is None:
+    if match is None or not match["file"].endswith(stage.file):
         return False
-    return match["function"] == stage.function and match["file"].endswith(stage.file)
+    # Before Python 3.11 (no co_qualname) py-spy prints a method's bare name.
+    return match["function"] in (stage.function, stage.function.rsplit(".", 1)[-1])
 
 
 def charge(stack: Sequence[str], stages: Sequence[Stage]) -> str | None:
@@ -142,7 +153,7 @@ def collapse(raw: str, stages: Sequence[Stage], clock: Stage) -> Samples:
 
 
 def ms_per_request(
-    samples: Sequence[Samples], duration_s: float, requests: int
+    samples: Sequence[Samples], duration_s: float, requests: float
 ) -> dict[str, float]:
     """Each process's samples turned into wall time at its real sampling rate (py-spy falls
     behind the asked-for rate when the machine is busy), summed over the processes."""
@@ -171,10 +182,16 @@ def record(pids: Sequence[int], duration_s: int, rate_hz: int, out_dir: Path) ->
             subprocess.Popen([py_spy, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         )
         outputs.append(output)
-    for recorder in recorders:
-        _, err = recorder.communicate(timeout=duration_s + 120)
-        if recorder.returncode != 0:
-            raise RuntimeError(f"py-spy failed ({recorder.returncode}): {err.decode()[-2000:]}")
+    try:
+        for recorder in recorders:
+            _, err = recorder.communicate(timeout=duration_s + 120)
+            if recorder.returncode != 0:
+                raise RuntimeError(f"py-spy failed ({recorder.returncode}): {err.decode()[-2000:]}")
+    finally:
+        for recorder in recorders:
+            if recorder.poll() is None:
+                recorder.kill()
+                recorder.wait()
     return outputs
 
 
@@ -184,6 +201,14 @@ class Profile:
     client_mean_ms: float
     web_ms: dict[str, float]
     worker_ms: dict[str, float]
+    unprofiled_mean_ms: float = 0.0
+    """The client's mean over the same length of time just before, without py-spy."""
+    py_spy_cores: float = 0.0
+    """CPU that py-spy itself used while it sampled, in cores."""
+
+
+def parent_pid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
 def descendants(root_pid: int) -> set[int]:
@@ -192,9 +217,7 @@ def descendants(root_pid: int) -> set[int]:
     for proc in Path("/proc").iterdir():
         try:
             if proc.name.isdigit():
-                parents[int(proc.name)] = int(
-                    (proc / "stat").read_text().rsplit(")", 1)[1].split()[1]
-                )
+                parents[int(proc.name)] = parent_pid(int(proc.name))
         except OSError:
             continue
     found: set[int] = set()
@@ -215,39 +238,58 @@ def measure(
     service = start_service(env, port, serve_args)
     try:
         ours = descendants(service.pid)
-        web_pids = [int(p.name) for p in matching_procs(f"127.0.0.1:{port}") if int(p.name) in ours]
+        gunicorns = {int(p.name) for p in matching_procs("gunicorn")} & ours
+        # gunicorn's worker processes; its arbiter handles no request.
+        web_pids = sorted(pid for pid in gunicorns if parent_pid(pid) in gunicorns)
         worker_pids = [int(p.name) for p in matching_procs("-m worker") if int(p.name) in ours]
         if not web_pids or len(worker_pids) != 1:
             raise RuntimeError(f"expected gunicorn and one worker, found {web_pids} {worker_pids}")
+        url = f"http://127.0.0.1:{port}"
+        unprofiled = run_load(url, 1, duration_s, warmup_s, [])  # what sampling itself costs
         load: dict[str, LoadResult] = {}
         client = threading.Thread(
-            target=lambda: load.update(
-                result=run_load(f"http://127.0.0.1:{port}", 1, duration_s, warmup_s, [])
-            )
+            # Runs a second longer than py-spy, which starts half a second in.
+            target=lambda: load.update(result=run_load(url, 1, duration_s + 1, 0, [])),
+            daemon=True,  # a failed recording must not wait for the load to run out
         )
         client.start()
         with tempfile.TemporaryDirectory() as tmp:
             out_dir = Path(keep_dir or tmp)
             out_dir.mkdir(parents=True, exist_ok=True)
-            time.sleep(warmup_s)  # py-spy records the measured window only
+            time.sleep(0.5)  # the client's connection is up before py-spy starts
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             outputs = record([*web_pids, *worker_pids], duration_s, rate_hz, out_dir)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
             client.join()
             web = [collapse(o.read_text(), WEB_STAGES, WEB_CLOCK) for o in outputs[:-1]]
             worker = collapse(outputs[-1].read_text(), WORKER_STAGES, WORKER_CLOCK)
     finally:
         service.send_signal(signal.SIGINT)
-        service.wait(timeout=120)
+        try:
+            service.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            service.kill()
+            service.wait()
+    if worker.clock == 0 or not any(process.clock for process in web):
+        raise RuntimeError(
+            "py-spy's stacks hold none of the expected main-loop frames "
+            f"({WEB_CLOCK.function}, {WORKER_CLOCK.function}); see the raw stacks (--keep-dir)"
+        )
     if "result" not in load:
         raise RuntimeError("the load generator failed (its traceback is above)")
     result = load["result"]
-    requests = result.requests
-    if requests == 0 or result.errors:
-        raise RuntimeError(f"the load failed: {result}")
+    if result.requests == 0 or result.errors or unprofiled.errors:
+        raise RuntimeError(f"the load failed: {result}, before py-spy: {unprofiled}")
+    client_mean_ms = result.duration_s * 1000 / result.requests
+    recorded = duration_s * 1000 / client_mean_ms  # requests within py-spy's window
     return Profile(
-        requests=requests,
-        client_mean_ms=duration_s * 1000 / requests,
-        web_ms=ms_per_request(web, duration_s, requests),
-        worker_ms=ms_per_request([worker], duration_s, requests),
+        requests=round(recorded),
+        client_mean_ms=client_mean_ms,
+        web_ms=ms_per_request(web, duration_s, recorded),
+        worker_ms=ms_per_request([worker], duration_s, recorded),
+        unprofiled_mean_ms=unprofiled.duration_s * 1000 / max(unprofiled.requests, 1),
+        py_spy_cores=(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+        / duration_s,
     )
 
 
@@ -290,7 +332,10 @@ def summary(profile: Profile) -> list[str]:
         f"ms = {bare[0]} {bare[1]:.1f} + added by the service "
         f"{sum(ms for _, ms in added):.1f} ms ("
         + ", ".join(f"{n} {ms:.1f}" for n, ms in added)
-        + ")"
+        + ")",
+        f"without py-spy, just before: client mean {profile.unprofiled_mean_ms:.1f} ms "
+        f"(sampling's own cost: {profile.client_mean_ms - profile.unprofiled_mean_ms:+.1f} ms; "
+        f"py-spy used {profile.py_spy_cores:.2f} cores)",
     ]
 
 
@@ -298,7 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration-s", type=int, default=20, help="whole seconds (py-spy)")
     parser.add_argument("--warmup-s", type=float, default=3)
-    parser.add_argument("--rate-hz", type=int, default=200)
+    parser.add_argument(
+        "--rate-hz", type=int, default=100, help="samples per second (each costs CPU)"
+    )
     parser.add_argument("--serve-arg", action="append", default=[], help="passed to serve")
     parser.add_argument(
         "--keep-dir", default="", help="keep py-spy's raw stacks here (<pid>.txt; worker last)"
