@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import os
 import re
 import resource
 import shutil
@@ -41,7 +40,7 @@ from pathlib import Path
 
 from bench.load import LoadResult
 from bench.load import run as run_load
-from bench.run import free_port, matching_procs, start_service
+from bench.run import free_port, matching_procs, service_env, start_service
 
 
 @dataclass(frozen=True)
@@ -160,7 +159,7 @@ def ms_per_request(
     figures: dict[str, float] = collections.defaultdict(float)
     for process in samples:
         if process.clock == 0:
-            continue  # gunicorn's arbiter: it handles no request
+            continue  # never sampled: no rate to turn its samples into time
         sample_ms = duration_s * 1000 / process.clock
         for stage, count in process.by_stage.items():
             figures[stage] += count * sample_ms / requests
@@ -231,11 +230,8 @@ def descendants(root_pid: int) -> set[int]:
 def measure(
     duration_s: int, warmup_s: float, rate_hz: int, serve_args: list[str], keep_dir: str
 ) -> Profile:
-    env = dict(os.environ) | {"QUEUENET_LOG_LEVEL": "warning"}
-    env.setdefault("QUEUENET_MODEL_CACHE_DIR", str(Path.home() / ".cache" / "queuenet"))
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     port = free_port()
-    service = start_service(env, port, serve_args)
+    service = start_service(service_env(), port, serve_args)
     try:
         ours = descendants(service.pid)
         gunicorns = {int(p.name) for p in matching_procs("gunicorn")} & ours

@@ -94,6 +94,15 @@ def cpu_seconds(pattern: str) -> float:
 COMPONENTS = {"worker": "-m worker", "web": "gunicorn", "redis": "redis-server"}
 
 
+def service_env() -> dict[str, str]:
+    """The environment the benchmarked service starts with: this one, quiet logs, and the
+    user's model cache unless one is set."""
+    env = dict(os.environ) | {"QUEUENET_LOG_LEVEL": "warning"}
+    env.setdefault("QUEUENET_MODEL_CACHE_DIR", str(Path.home() / ".cache" / "queuenet"))
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return env
+
+
 def start_service(env: dict[str, str], port: int, serve_args: list[str]) -> subprocess.Popen[bytes]:
     log = open(Path(tempfile.gettempdir()) / f"bench-serve-{port}.log", "wb")  # noqa: SIM115
     process = subprocess.Popen(
@@ -284,9 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serve-arg", action="append", default=[], help="passed to serve")
     args = parser.parse_args(argv)
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
-    env = {k: v for k, v in os.environ.items()} | {"QUEUENET_LOG_LEVEL": "warning"}
-    env.setdefault("QUEUENET_MODEL_CACHE_DIR", str(Path.home() / ".cache" / "queuenet"))
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env = service_env()
     batch_size = int(env.get("QUEUENET_BATCH_SIZE", "32"))
     raw, service = measure(args, env, batch_size)
     sys.stdout.write(table(raw, service, batch_size) + "\n")
