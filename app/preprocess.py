@@ -1,8 +1,17 @@
 """Turning uploaded bytes into the model's input array. Pure code: no I/O, no Flask.
 
-The recipe comes from the model card so the web tier prepares images exactly as the model
-was trained: EXIF orientation, RGB, centre crop of ``crop_fraction`` of the short side,
-resize to ``input_size`` square with the card's resampling filter, ``uint8`` ``[S, S, 3]``.
+The recipe comes from the model card, so the web tier prepares each image exactly as the
+model's own reference pipeline does, byte for byte (serving must not change the answers):
+
+- a full decode (never a reduced-scale JPEG decode, unless ``jpeg_draft`` opts in), EXIF
+  orientation, then RGB;
+- ``center-crop`` (the TF EfficientNet(-Lite) evaluation recipe): the centred integer square
+  ``crop = int(S / (S + crop_padding) * min(h, w))`` at ``top = (h - crop + 1) // 2``,
+  ``left = (w - crop + 1) // 2``, resized to ``S x S`` with the card's filter (bicubic);
+- ``stretch`` (Keras applications' documented ``keras.utils.load_img(path,
+  target_size=(S, S))``): the whole image resized to ``S x S`` (nearest, as ``load_img``).
+
+The result is ``uint8`` ``[S, S, 3]``, C-contiguous.
 """
 
 from __future__ import annotations
@@ -14,7 +23,7 @@ import math
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from protocol.messages import ModelCard
+from protocol.messages import RESIZE_CENTER_CROP, RESIZE_STRETCH, ModelCard
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +54,10 @@ class ImageDecodeError(ValueError):
 def decode_image(data: bytes, *, max_pixels: int, min_short_side: int = 0) -> Image.Image:
     """Decode ``data`` into an upright RGB image, refusing empty, corrupt and oversized input.
 
-    ``min_short_side`` lets a JPEG decode at a reduced scale (1/2, 1/4, 1/8, done by the
-    decoder, several times cheaper) as long as its short side stays at least that long.
+    ``min_short_side`` (0: off, the default and the exact path) lets a JPEG decode at a
+    reduced DCT scale (1/2, 1/4, 1/8, several times cheaper) as long as its short side stays
+    at least that long. That changes pixels and so the model's answers: only the opt-in
+    ``QUEUENET_JPEG_DRAFT`` uses it (bench/fidelity.py measures what it costs).
     """
     if not data:
         raise ImageDecodeError("the image is empty (0 bytes)")
@@ -84,12 +95,18 @@ def decode_image(data: bytes, *, max_pixels: int, min_short_side: int = 0) -> Im
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
+    """RGB as the reference pipeline makes it: Pillow's ``convert("RGB")``, which drops an
+    alpha channel the way TensorFlow's ``decode_png(channels=3)`` does (the hidden colour of a
+    transparent pixel is what the model sees).
+
+    The one exception is high bit depth: ``convert`` would clip 16-bit and float images to
+    white, so they are scaled to 8 bits first. Float and signed images may hold NaN,
+    infinities and negatives: those become 0, so the cast to uint8 is always in range.
+    """
     if image.mode == "RGB":
         return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        # High bit depth: scale to 8 bits instead of letting convert() clip to white. Float and
-        # signed images may hold NaN, infinities and negatives: those become 0, so the cast to
-        # uint8 below is always in range. In place: one float64 copy of the image, no more.
+        # In place: one float64 copy of the image, no more.
         array = np.array(image, dtype=np.float64)
         np.nan_to_num(array, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
         np.clip(array, 0.0, None, out=array)
@@ -97,35 +114,50 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         array *= 255.0 / top
         np.round(array, out=array)
         image = Image.fromarray(array.astype(np.uint8), mode="L")
-    elif image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-        # Transparent pixels go on white, as a viewer shows them, not on their hidden colour.
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, rgba)
     return image.convert("RGB")
 
 
-def crop_box(width: int, height: int, crop_fraction: float) -> tuple[float, float, float, float]:
-    """The centred square of side ``crop_fraction`` x the short side, as a Pillow box."""
-    side = min(width, height) * crop_fraction
-    left = (width - side) / 2.0
-    top = (height - side) / 2.0
+def crop_box(width: int, height: int, crop_padding: int, size: int) -> tuple[int, int, int, int]:
+    """The centred integer square of the TF EfficientNet evaluation recipe, as a Pillow box:
+    side ``int(size / (size + crop_padding) * min(height, width))`` (at least 1 pixel), top
+    ``(height - side + 1) // 2``, left ``(width - side + 1) // 2``."""
+    side = max(1, int(size / (size + crop_padding) * min(height, width)))
+    top = (height - side + 1) // 2
+    left = (width - side + 1) // 2
     return (left, top, left + side, top + side)
 
 
 def prepare(image: Image.Image, card: ModelCard) -> np.ndarray:
-    """Centre-crop and resize ``image`` (RGB) to the card's input: ``uint8`` ``[S, S, 3]``."""
+    """Resize ``image`` (RGB) to the card's input by the card's recipe: ``uint8`` ``[S, S, 3]``."""
     resample = _RESAMPLE.get(card.resample)
     if resample is None:
         raise ValueError(f"model card asks for unknown resampling {card.resample!r}")
-    size = (card.input_size, card.input_size)
-    box = crop_box(image.width, image.height, card.crop_fraction)
-    resized = image.resize(size, resample=resample, box=box)
+    size = card.input_size
+    if card.resize == RESIZE_CENTER_CROP:
+        # Crop first, then resize the square: resize(box=...) would let the filter read
+        # pixels outside the box, which the reference (crop, then resize) never sees.
+        image = image.crop(crop_box(image.width, image.height, card.crop_padding, size))
+    elif card.resize != RESIZE_STRETCH:
+        raise ValueError(f"model card asks for unknown resize recipe {card.resize!r}")
+    resized = image.resize((size, size), resample=resample)
     return np.ascontiguousarray(np.asarray(resized, dtype=np.uint8))
 
 
-def image_to_input(data: bytes, card: ModelCard, *, max_pixels: int) -> np.ndarray:
-    """Bytes of an uploaded image to the model's input array."""
-    # The crop must still hold input_size pixels: a short side of input_size / crop_fraction.
-    min_short_side = math.ceil(card.input_size / card.crop_fraction)
+def draft_short_side(card: ModelCard) -> int:
+    """The shortest short side a reduced-scale JPEG decode may leave (opt-in only): enough
+    that the crop (or the whole image) still holds ``input_size`` pixels."""
+    if card.resize == RESIZE_CENTER_CROP:
+        return card.input_size + card.crop_padding
+    return card.input_size
+
+
+def image_to_input(
+    data: bytes, card: ModelCard, *, max_pixels: int, jpeg_draft: bool = False
+) -> np.ndarray:
+    """Bytes of an uploaded image to the model's input array, by the card's recipe.
+
+    ``jpeg_draft`` (opt-in, off by default) decodes large JPEGs at a reduced scale: faster,
+    but not the reference pixels.
+    """
+    min_short_side = draft_short_side(card) if jpeg_draft else 0
     return prepare(decode_image(data, max_pixels=max_pixels, min_short_side=min_short_side), card)

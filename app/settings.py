@@ -6,7 +6,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from protocol.errors import SettingsError
-from protocol.settings import PREFIX, RedisSettings, env_choice, env_float, env_int, env_str
+from protocol.settings import (
+    PREFIX,
+    RedisSettings,
+    env_bool,
+    env_choice,
+    env_float,
+    env_int,
+    env_str,
+)
 
 API_KEY_MIN_CHARS = 16
 """Shortest API key accepted: shorter ones are guessable (``secrets.token_urlsafe(32)``
@@ -24,6 +32,9 @@ class AppSettings:
     """Largest decoded image in pixels (width x height); larger ones get 400."""
     max_queue: int = 1000
     """Requests allowed to wait in the queue; beyond that /predict answers 503 + Retry-After."""
+    jpeg_draft: bool = False
+    """Opt-in: decode large JPEGs at a reduced DCT scale (faster, but not the reference pixels:
+    it changes answers; bench/fidelity.py measures by how much). Off by default."""
     default_top_k: int = 5
     """Predictions returned when the request does not say ``top_k``."""
     max_images_per_request: int = 32
@@ -55,6 +66,7 @@ class AppSettings:
             max_upload_bytes=env_int(env, "MAX_UPLOAD_BYTES", 16 * 1024 * 1024, minimum=1024),
             max_image_pixels=env_int(env, "MAX_IMAGE_PIXELS", 40_000_000, minimum=1),
             max_queue=env_int(env, "MAX_QUEUE", 1000, minimum=1),
+            jpeg_draft=env_bool(env, "JPEG_DRAFT", False),
             default_top_k=env_int(env, "DEFAULT_TOP_K", 5, minimum=1),
             max_images_per_request=env_int(
                 env, "MAX_IMAGES_PER_REQUEST", 32, minimum=1, maximum=1024

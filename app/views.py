@@ -60,7 +60,10 @@ def predict() -> Response:
 def _prepare(data: bytes, index: int, uploads: Uploads, card: ModelCard) -> np.ndarray | APIError:
     where = f"image {index + 1}" if uploads.many else f"field '{IMAGE_FIELD}'"
     try:
-        return image_to_input(data, card, max_pixels=_settings().max_image_pixels)
+        settings = _settings()
+        return image_to_input(
+            data, card, max_pixels=settings.max_image_pixels, jpeg_draft=settings.jpeg_draft
+        )
     except ImageDecodeError as exc:
         return InvalidImageError(f"{where}: {exc}")
 

@@ -97,19 +97,41 @@ class PredictResult:
         )
 
 
+RESIZE_CENTER_CROP = "center-crop"
+"""The TF EfficientNet(-Lite) evaluation recipe: the centred integer square of side
+``int(S / (S + crop_padding) * short side)``, resized to ``S x S``."""
+RESIZE_STRETCH = "stretch"
+"""Keras applications' documented recipe (``keras.utils.load_img(target_size=(S, S))``): the
+whole image resized to ``S x S``."""
+RESIZE_RECIPES = (RESIZE_CENTER_CROP, RESIZE_STRETCH)
+RESAMPLE_FILTERS = ("bicubic", "bilinear", "lanczos", "nearest")
+
+
 @dataclass(frozen=True)
 class ModelCard:
-    """What the web tier must know to prepare images exactly as the model expects."""
+    """What the web tier must know to prepare images exactly as the model's reference
+    pipeline does (see app/preprocess.py)."""
 
     name: str
     version: str
     input_size: int
     """Side of the square input in pixels."""
     num_labels: int
-    crop_fraction: float = 0.875
-    """Centre crop side as a fraction of the image's short side, before resizing."""
+    resize: str = RESIZE_CENTER_CROP
+    """One of :data:`RESIZE_RECIPES`."""
+    crop_padding: int = 32
+    """``center-crop`` only: the crop side is ``int(S / (S + crop_padding) * short side)``."""
     resample: str = "bicubic"
+    """Pillow filter of the resize: one of :data:`RESAMPLE_FILTERS`."""
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def recipe(self) -> dict[str, Any]:
+        """The preprocessing recipe, as published (and shown by ``GET /models``)."""
+        return {
+            "resize": self.resize,
+            "crop_padding": self.crop_padding,
+            "resample": self.resample,
+        }
 
 
 # --- requests --------------------------------------------------------------------------------
@@ -212,8 +234,7 @@ def encode_model_card(card: ModelCard) -> bytes:
             "version": card.version,
             "input_size": card.input_size,
             "num_labels": card.num_labels,
-            "crop_fraction": card.crop_fraction,
-            "resample": card.resample,
+            "recipe": card.recipe(),
             "extra": card.extra,
         }
     )
@@ -222,18 +243,26 @@ def encode_model_card(card: ModelCard) -> bytes:
 def decode_model_card(raw: bytes | str) -> ModelCard:
     obj = _loads_versioned(raw)
     try:
+        recipe = obj["recipe"]
         card = ModelCard(
             name=str(obj["name"]),
             version=str(obj["version"]),
             input_size=int(obj["input_size"]),
             num_labels=int(obj["num_labels"]),
-            crop_fraction=float(obj["crop_fraction"]),
-            resample=str(obj["resample"]),
+            resize=str(recipe["resize"]),
+            crop_padding=int(recipe["crop_padding"]),
+            resample=str(recipe["resample"]),
             extra=dict(obj.get("extra") or {}),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise MessageDecodeError(f"malformed model card ({exc!r})") from None
-    if card.input_size < 1 or card.num_labels < 1 or not 0.0 < card.crop_fraction <= 1.0:
+    if (
+        card.input_size < 1
+        or card.num_labels < 1
+        or card.crop_padding < 0
+        or card.resize not in RESIZE_RECIPES
+        or card.resample not in RESAMPLE_FILTERS
+    ):
         raise MessageDecodeError(f"model card out of range: {card}")
     return card
 

@@ -61,6 +61,18 @@ def env_float(
     return value
 
 
+def env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    """A switch: 1/true/yes/on or 0/false/no/off (case-insensitive)."""
+    raw = env.get(PREFIX + name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{PREFIX}{name}={raw!r} must be 1/true/yes/on or 0/false/no/off")
+
+
 def env_choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
     """One of ``choices`` (case-insensitive)."""
     value = env_str(env, name, default).lower()

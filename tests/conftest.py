@@ -17,7 +17,7 @@ import redis
 from app import create_app
 from app.settings import AppSettings
 from protocol.keys import Keys
-from protocol.messages import ModelCard
+from protocol.messages import ModelCard, encode_model_card
 from protocol.queue import Queue
 from protocol.settings import RedisSettings
 from queuenet.embedded_redis import EmbeddedRedis
@@ -73,6 +73,16 @@ def keys(redis_settings: RedisSettings) -> Keys:
 @pytest.fixture
 def queue(rclient: redis.Redis, keys: Keys) -> Queue:
     return Queue(rclient, keys)
+
+
+@pytest.fixture
+def publish_card(rclient: redis.Redis, keys: Keys) -> Callable[[ModelCard], None]:
+    """Publish a model card in the test's namespace, as a worker does at start."""
+
+    def publish(card: ModelCard) -> None:
+        rclient.set(keys.model_card(), encode_model_card(card))
+
+    return publish
 
 
 def build_tiny_keras_model() -> object:

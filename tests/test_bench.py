@@ -8,10 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import redis
 
 from tests.helpers import ROOT, free_port, python_env
 from tests.live import LiveService
+from worker.registry import LoadedModel
 
 
 def run_module(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
@@ -63,6 +65,25 @@ def test_codec_bench_checks_wire_compatibility_and_prints_ratios() -> None:
     for row in rows:
         speed_up = row.rstrip(" |").rsplit("|", 1)[1].strip()
         assert speed_up.endswith("x") and float(speed_up[:-1]) > 0
+
+
+@pytest.mark.e2e
+def test_fidelity_bench_measures_draft_decoding_against_the_exact_path(
+    lite0: LoadedModel, model_cache: Path
+) -> None:
+    out = run_module("bench.fidelity", "--json", "--rounds", "1", "--cache-dir", str(model_cache))
+    assert out.returncode == 0, out.stderr[-3000:]
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    photos, large = figures["photos"], figures["large_jpegs_2000px"]
+    assert photos["images"] == large["images"] == 12
+    # Draft decoding touches only JPEGs with room to shrink: 3 of the photos (retina,
+    # hubble_deep_field and grace_hopper, whose short sides are >= 2 x 256), every large JPEG.
+    assert photos["draft_changed_inputs"] == 3 and large["draft_changed_inputs"] == 12
+    for f in (photos, large):
+        assert 0.5 <= f["top1_agreement"] <= 1.0 and 0 < f["max_abs_dp"] < 1
+        assert f["exact_ms"] > 0 and f["draft_ms"] > 0
+    # A 2000-pixel JPEG decodes at 1/4 scale: several times faster, even on a busy machine.
+    assert large["draft_ms"] < 0.75 * large["exact_ms"]
 
 
 def test_redis_ops_bench_runs_both_shapes_and_cleans_up(redis_url: str) -> None:

@@ -42,7 +42,14 @@ from PIL import Image
 
 from app.preprocess import ImageDecodeError, decode_image, image_to_input
 from protocol.keys import Keys
-from protocol.messages import ModelCard, PredictRequest, decode_result, encode_request
+from protocol.messages import (
+    RESAMPLE_FILTERS,
+    RESIZE_RECIPES,
+    ModelCard,
+    PredictRequest,
+    decode_result,
+    encode_request,
+)
 from tests.conftest import TINY_LABELS, TINY_SIZE
 from tests.helpers import image_bytes, png_header_only, wait_until
 from tests.live import LiveService
@@ -389,10 +396,12 @@ def _uploads() -> list[Upload]:
             label="red",
         ),
         Upload(
-            "rgba png fully transparent (white)",
+            # The reference pipeline (convert("RGB"), decode_png(channels=3)) keeps the colour
+            # of a transparent pixel; so does serving.
+            "rgba png fully transparent (its hidden colour)",
             lambda: encode(Image.new("RGBA", (30, 20), (0, 0, 250, 0)), "PNG"),
             OK,
-            label="grey",
+            label="blue",
         ),
         Upload(
             "rgba webp",
@@ -711,8 +720,9 @@ def test_magic_numbers_then_arbitrary_bytes(magic: bytes, tail: bytes) -> None:
     seed=st.integers(0, 2**32 - 1),
     kind=st.sampled_from(["noise", "solid"]),
     side=st.sampled_from([1, TINY_SIZE, 33]),
-    crop_fraction=st.floats(0.05, 1.0),
-    resample=st.sampled_from(["bicubic", "bilinear", "lanczos", "nearest"]),
+    resize=st.sampled_from(RESIZE_RECIPES),
+    crop_padding=st.integers(0, 1000),
+    resample=st.sampled_from(RESAMPLE_FILTERS),
 )
 def test_real_images_always_decode_to_the_right_shape(
     format_mode: tuple[str, str],
@@ -721,16 +731,15 @@ def test_real_images_always_decode_to_the_right_shape(
     seed: int,
     kind: str,
     side: int,
-    crop_fraction: float,
+    resize: str,
+    crop_padding: int,
     resample: str,
 ) -> None:
     fmt, mode = format_mode
     data = encode(make_image(mode, (width, height), seed, kind), fmt)
     decoded = decode_image(data, max_pixels=PIXEL_LIMIT)
     assert decoded.mode == "RGB" and decoded.size == (width, height)
-    card = ModelCard(
-        "m", "1", input_size=side, num_labels=4, crop_fraction=crop_fraction, resample=resample
-    )
+    card = ModelCard("m", "1", side, 4, resize=resize, crop_padding=crop_padding, resample=resample)
     check_input(image_to_input(data, card, max_pixels=PIXEL_LIMIT), side)
 
 

@@ -104,8 +104,13 @@ def test_malformed_result_is_refused() -> None:
 
 
 def test_model_card_round_trip_and_range_checks() -> None:
-    card = ModelCard("m", "1", input_size=224, num_labels=1000, crop_fraction=0.875)
+    card = ModelCard("m", "1", input_size=224, num_labels=1000, crop_padding=32)
     assert decode_model_card(encode_model_card(card)) == card
-    bad = json.loads(encode_model_card(card)) | {"crop_fraction": 1.5}
-    with pytest.raises(MessageDecodeError, match="out of range"):
-        decode_model_card(json.dumps(bad))
+    good = json.loads(encode_model_card(card))
+    assert good["recipe"] == {"resize": "center-crop", "crop_padding": 32, "resample": "bicubic"}
+    for wrong in ({"resize": "squash"}, {"resample": "box"}, {"crop_padding": -1}):
+        bad = good | {"recipe": good["recipe"] | wrong}
+        with pytest.raises(MessageDecodeError, match="out of range"):
+            decode_model_card(json.dumps(bad))
+    with pytest.raises(MessageDecodeError, match="malformed"):
+        decode_model_card(json.dumps({k: v for k, v in good.items() if k != "recipe"}))

