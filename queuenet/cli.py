@@ -2,7 +2,8 @@
 
 ``serve`` runs the whole service on one machine: a private Redis (unless
 ``QUEUENET_REDIS_URL`` is set), gunicorn with the web app, and the model worker(s). It prints
-the URL once the service answers and stops every process it started on Ctrl-C or SIGTERM.
+the URL once the service answers, restarts a process that dies (see queuenet/supervisor.py)
+and stops every process it started on Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -11,53 +12,14 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 
 from app.settings import AppSettings
 from protocol.errors import SettingsError
 from protocol.logconfig import configure_logging
+from queuenet.web import gunicorn_command, prepare_metrics_dir
 
 logger = logging.getLogger("queuenet")
-
-
-def gunicorn_command(settings: AppSettings) -> list[str]:
-    """gunicorn's command line for the web tier with ``settings``."""
-    return [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "--bind",
-        f"{settings.host}:{settings.port}",
-        "--workers",
-        str(settings.web_processes),
-        "--worker-class",
-        "gthread",
-        "--threads",
-        str(settings.web_threads),
-        # Longer than any request may wait, so gunicorn never kills a request that is on time.
-        "--timeout",
-        str(int(settings.predict_timeout_s) + 30),
-        "--graceful-timeout",
-        str(int(settings.predict_timeout_s) + 5),
-        # The control socket (gunicorn >= 25) is one fixed path per user; several servers on
-        # one machine would fight over it, and nothing here uses it.
-        "--no-control-socket",
-        "app.wsgi:app",
-    ]
-
-
-def prepare_metrics_dir(env: dict[str, str], settings: AppSettings) -> None:
-    """Give gunicorn's processes an empty shared metrics directory (one per port, reused)."""
-    directory = Path(
-        env.get("PROMETHEUS_MULTIPROC_DIR")
-        or Path(tempfile.gettempdir()) / f"queuenet-metrics-{settings.port}"
-    )
-    directory.mkdir(parents=True, exist_ok=True)
-    for stale in directory.glob("*.db"):  # samples of a previous run must not be added in
-        stale.unlink()
-    env["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
