@@ -1,20 +1,49 @@
 """Every Redis key QueueNet uses, built in one place.
 
-Keys live under one namespace (``QUEUENET_NAMESPACE``, default ``queuenet``)::
+Namespace-wide keys (``QUEUENET_NAMESPACE``, default ``queuenet``), under one hash tag so a
+script may touch several of them in Redis Cluster::
 
-    {ns}:queue                 list of pending request messages (RPUSH by web, claimed by workers)
-    {ns}:processing:{worker}   list of messages a worker has claimed and not yet answered
-    {ns}:result:{job_id}       list holding the one result message for a request (TTL)
-    {ns}:worker:{worker}       heartbeat of a live worker (TTL)
-    {ns}:owner:{worker}        token of the process that owns the worker name (and may ack)
-    {ns}:workers               set of worker names that may own a processing list
-    {ns}:model                 model card published by the workers
-    {ns}:dead                  dead letters: messages that failed max_attempts times
+    {ns}:{catalog}:versions        set of "name@version" that workers announced
+    {ns}:{catalog}:routing         hash: model name -> JSON {serving, canary, canary_percent}
+    {ns}:{catalog}:default-model   the model that POST /predict serves
+
+Each model version has its own keys, all under one Redis Cluster hash tag
+``{name@version#shard}`` (shard 0 until the queue is sharded), so that every script a version
+runs touches one slot, result keys included::
+
+    {ns}:{m@v#s}:queue                 pending request messages (RPUSH by web, claimed by workers)
+    {ns}:{m@v#s}:processing:{worker}   messages a worker has claimed and not yet answered
+    {ns}:{m@v#s}:result:{job_id}       the one result message of a request (TTL)
+    {ns}:{m@v#s}:heartbeat:{worker}    heartbeat of a live worker (TTL)
+    {ns}:{m@v#s}:owner:{worker}        token of the process that owns the worker name
+    {ns}:{m@v#s}:workers               set of worker names that may own a processing list
+    {ns}:{m@v#s}:card                  model card published by the version's workers
+    {ns}:{m@v#s}:dead                  dead letters: messages that failed max_attempts times
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+from protocol.errors import SettingsError
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+"""Model names and versions: no ``{}``, ``@``, ``#`` or ``:``, which shape the keys."""
+
+
+def model_name(variable: str, raw: str) -> str:
+    """A model name or version as a setting or argument gives it; the error names ``variable``."""
+    if not _NAME_RE.match(raw):
+        raise SettingsError(
+            f"{variable}={raw!r}: use 1 to 64 letters, digits, '_', '.', '-' (starting with a "
+            "letter or digit)"
+        )
+    return raw
+
+
+def is_model_name(value: str) -> bool:
+    return bool(_NAME_RE.match(value))
 
 
 @dataclass(frozen=True)
@@ -23,26 +52,65 @@ class Keys:
 
     namespace: str = "queuenet"
 
+    def versions(self) -> str:
+        return f"{self.namespace}:{{catalog}}:versions"
+
+    def routing(self) -> str:
+        return f"{self.namespace}:{{catalog}}:routing"
+
+    def default_model(self) -> str:
+        return f"{self.namespace}:{{catalog}}:default-model"
+
+    def version(self, model: str, version: str, shard: int = 0) -> VersionKeys:
+        return VersionKeys(self.namespace, model, version, shard)
+
+    def pattern(self) -> str:
+        """Glob that matches every key of the namespace (for inspection and clean-up)."""
+        return f"{self.namespace}:*"
+
+
+@dataclass(frozen=True)
+class VersionKeys:
+    """The keys of one model version (one shard of its queue)."""
+
+    namespace: str
+    model: str
+    version: str
+    shard: int = 0
+
+    @property
+    def tag(self) -> str:
+        """The Redis Cluster hash tag every key of this version carries."""
+        return f"{{{self.model}@{self.version}#{self.shard}}}"
+
+    @property
+    def _prefix(self) -> str:
+        return f"{self.namespace}:{self.tag}"
+
     def queue(self) -> str:
-        return f"{self.namespace}:queue"
+        return f"{self._prefix}:queue"
 
     def processing(self, worker_name: str) -> str:
-        return f"{self.namespace}:processing:{worker_name}"
+        return f"{self._prefix}:processing:{worker_name}"
 
     def result(self, job_id: str) -> str:
-        return f"{self.namespace}:result:{job_id}"
+        return f"{self._prefix}:result:{job_id}"
 
     def heartbeat(self, worker_name: str) -> str:
-        return f"{self.namespace}:worker:{worker_name}"
+        return f"{self._prefix}:heartbeat:{worker_name}"
 
     def owner(self, worker_name: str) -> str:
-        return f"{self.namespace}:owner:{worker_name}"
+        return f"{self._prefix}:owner:{worker_name}"
 
     def workers(self) -> str:
-        return f"{self.namespace}:workers"
+        return f"{self._prefix}:workers"
 
-    def model_card(self) -> str:
-        return f"{self.namespace}:model"
+    def card(self) -> str:
+        return f"{self._prefix}:card"
 
     def dead(self) -> str:
-        return f"{self.namespace}:dead"
+        return f"{self._prefix}:dead"
+
+    def pattern(self) -> str:
+        """Glob that matches every key of this version (shard)."""
+        return f"{self._prefix}:*"  # braces are not special in Redis glob patterns

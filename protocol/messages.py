@@ -1,9 +1,11 @@
 """Wire formats: request, result and model-card messages as JSON. Pure code, no I/O.
 
 A request carries one image as the base64 of a C-contiguous ``uint8`` array of shape
-``[H, W, 3]``. Every message has a version field ``v``; a reader refuses versions it does not
-know instead of guessing. JSON (never pickle) keeps the two sides independent of each other's
-Python objects and safe against hostile queue contents.
+``[H, W, 3]``, and names the model, version and model card (its fingerprint) it was prepared
+for, so a worker never computes an item prepared for another card. Every message has a
+version field ``v``; a reader refuses versions it does not know instead of guessing. JSON
+(never pickle) keeps the two sides independent of each other's Python objects and safe
+against hostile queue contents.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import pybase64
 
 from protocol.errors import MessageDecodeError
 
-VERSION = 1
+VERSION = 2
 _JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -39,6 +41,12 @@ class PredictRequest:
     """How many times the message failed: its worker died, or the model raised on it."""
     enqueued: float = 0.0
     """Unix time in seconds when the web tier queued it (0 when unknown); for queue-wait metrics."""
+    model: str = ""
+    """The model name the image was prepared for."""
+    version: str = ""
+    """The model version it was prepared for."""
+    card: str = ""
+    """The fingerprint of the model card whose recipe prepared it."""
 
     @classmethod
     def from_array(
@@ -49,6 +57,9 @@ class PredictRequest:
         top_k: int,
         deadline: float,
         enqueued: float = 0.0,
+        model: str = "",
+        version: str = "",
+        card: str = "",
     ) -> PredictRequest:
         contiguous = np.ascontiguousarray(array)
         return cls(
@@ -59,6 +70,9 @@ class PredictRequest:
             top_k=top_k,
             deadline=deadline,
             enqueued=enqueued,
+            model=model,
+            version=version,
+            card=card,
         )
 
 
@@ -82,10 +96,22 @@ class PredictResult:
     error_message: str = ""
     batch_id: str = ""
     worker: str = ""
+    model: str = ""
+    """The model that answered."""
+    version: str = ""
+    """The version of that model that answered."""
 
     @classmethod
     def failure(
-        cls, job_id: str, code: str, message: str, *, batch_id: str = "", worker: str = ""
+        cls,
+        job_id: str,
+        code: str,
+        message: str,
+        *,
+        batch_id: str = "",
+        worker: str = "",
+        model: str = "",
+        version: str = "",
     ) -> PredictResult:
         return cls(
             id=job_id,
@@ -94,6 +120,8 @@ class PredictResult:
             error_message=message,
             batch_id=batch_id,
             worker=worker,
+            model=model,
+            version=version,
         )
 
 
@@ -114,9 +142,13 @@ class ModelCard:
 
     name: str
     version: str
+    """The version this card describes (``QUEUENET_MODEL_VERSION``)."""
     input_size: int
     """Side of the square input in pixels."""
     num_labels: int
+    fingerprint: str = ""
+    """What the model is (its weights, or its file's digest): requests carry it, and a worker
+    refuses an item prepared for another card."""
     resize: str = RESIZE_CENTER_CROP
     """One of :data:`RESIZE_RECIPES`."""
     crop_padding: int = 32
@@ -149,6 +181,9 @@ def encode_request(request: PredictRequest) -> bytes:
             "deadline": request.deadline,
             "attempts": request.attempts,
             "enqueued": request.enqueued,
+            "model": request.model,
+            "version": request.version,
+            "card": request.card,
         }
     )
 
@@ -170,6 +205,9 @@ def decode_request(raw: bytes | str) -> PredictRequest:
             deadline=_finite_number(obj, "deadline", job_id),
             attempts=_positive_int(obj, "attempts", job_id, minimum=0),
             enqueued=_optional_number(obj, "enqueued", job_id),
+            model=_typed(obj, "model", str, job_id),
+            version=_typed(obj, "version", str, job_id),
+            card=_typed(obj, "card", str, job_id),
         )
     except KeyError as exc:
         raise MessageDecodeError(f"job {job_id}: field {exc.args[0]!r} is missing") from None
@@ -199,6 +237,8 @@ def encode_result(result: PredictResult) -> bytes:
         body["error"] = {"code": result.error_code, "message": result.error_message}
     body["batch_id"] = result.batch_id
     body["worker"] = result.worker
+    body["model"] = result.model
+    body["version"] = result.version
     return _dumps(body)
 
 
@@ -206,7 +246,7 @@ def decode_result(raw: bytes | str) -> PredictResult:
     obj = _loads_versioned(raw)
     job_id = _job_id(obj)
     try:
-        meta = {"batch_id": str(obj.get("batch_id", "")), "worker": str(obj.get("worker", ""))}
+        meta = {name: str(obj.get(name, "")) for name in ("batch_id", "worker", "model", "version")}
         if obj["ok"] is True:
             predictions = tuple(
                 Prediction(
@@ -232,6 +272,7 @@ def encode_model_card(card: ModelCard) -> bytes:
             "v": VERSION,
             "name": card.name,
             "version": card.version,
+            "fingerprint": card.fingerprint,
             "input_size": card.input_size,
             "num_labels": card.num_labels,
             "recipe": card.recipe(),
@@ -247,6 +288,7 @@ def decode_model_card(raw: bytes | str) -> ModelCard:
         card = ModelCard(
             name=str(obj["name"]),
             version=str(obj["version"]),
+            fingerprint=str(obj["fingerprint"]),
             input_size=int(obj["input_size"]),
             num_labels=int(obj["num_labels"]),
             resize=str(recipe["resize"]),

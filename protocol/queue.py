@@ -1,4 +1,4 @@
-"""The queue operations both sides use; each keeps every request in Redis at all times.
+"""The queue of a model version, as both sides use it; every request stays in Redis at all times.
 
 At-least-once delivery without loss: a worker moves messages from ``queue`` into its own
 ``processing`` list one atomic LMOVE/BLMOVE at a time, and an item leaves that list only in
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import redis
 
-from protocol.keys import Keys
+from protocol.keys import VersionKeys
 
 logger = logging.getLogger(__name__)
 
@@ -59,27 +59,6 @@ redis.call('DEL', KEYS[1])
 return n
 """
 
-# Give a dead worker's items back to the head of the queue, oldest first, each with its
-# attempt count raised, and (unless forced by the name's new owner) drop its owner token.
-# KEYS = processing, queue, heartbeat, workers, owner; ARGV = name, force.
-_REQUEUE = """
-if ARGV[2] ~= '1' and redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
-local items = redis.call('LRANGE', KEYS[1], 0, -1)
-for i = #items, 1, -1 do
-  local item = items[i]
-  local ok, msg = pcall(cjson.decode, item)
-  if ok and type(msg) == 'table' then
-    msg['attempts'] = (tonumber(msg['attempts']) or 0) + 1
-    item = cjson.encode(msg)
-  end
-  redis.call('LPUSH', KEYS[2], item)
-end
-redis.call('DEL', KEYS[1])
-redis.call('SREM', KEYS[4], ARGV[1])
-if ARGV[2] ~= '1' then redis.call('DEL', KEYS[5]) end
-return #items
-"""
-
 
 @dataclass(frozen=True)
 class Answer:
@@ -96,13 +75,16 @@ class Answer:
 
 
 class Queue:
-    """Queue operations on one Redis client and one namespace."""
+    """The queue of one model version: push and wait (web), claim and answer (workers).
 
-    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+    Workers' heartbeats, name ownership, take-over and model cards are the
+    :class:`protocol.workers.WorkerRegistry`'s.
+    """
+
+    def __init__(self, client: redis.Redis, keys: VersionKeys) -> None:
         self.client = client
         self.keys = keys
         self._answer = client.register_script(_ANSWER)
-        self._requeue = client.register_script(_REQUEUE)
 
     # --- web side ----------------------------------------------------------------------------
 
@@ -134,6 +116,19 @@ class Queue:
 
     def depth(self) -> int:
         return int(self.client.llen(self.keys.queue()))
+
+    def items(self) -> list[bytes]:
+        """Everything waiting, head first (for inspection and tests; never on a hot path)."""
+        return [_as_bytes(item) for item in self.client.lrange(self.keys.queue(), 0, -1)]
+
+    def peek_result(self, job_id: str) -> tuple[list[bytes], int]:
+        """The result list of ``job_id`` without taking it, and its TTL in seconds (-2: no
+        such key); for inspection and tests."""
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.lrange(self.keys.result(job_id), 0, -1)
+            pipe.ttl(self.keys.result(job_id))
+            items, ttl_s = pipe.execute()
+        return [_as_bytes(item) for item in items], int(ttl_s)
 
     def wait_result(self, job_id: str, timeout_s: float) -> bytes | None:
         """Block until the result for ``job_id`` arrives, at most ``timeout_s`` seconds."""
@@ -291,74 +286,6 @@ class Queue:
                 ]
             )
         return int(self._answer(keys=keys, args=args))
-
-    def take_over(self, worker_name: str, owner_token: str) -> int:
-        """Claim the worker name for this process: requeue what a previous process of that
-        name left, and set our owner token, so that process can no longer acknowledge.
-        Returns the number of items requeued."""
-        moved = self.requeue(worker_name, force=True)
-        self.client.set(self.keys.owner(worker_name), owner_token)
-        return moved
-
-    def beat(self, worker_name: str, payload: bytes, *, ttl_s: int, owner_token: str) -> None:
-        """Mark the worker alive for ``ttl_s`` seconds (and own its name again, should Redis
-        have lost the owner token in a restart; a name owned by another process stays its)."""
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.sadd(self.keys.workers(), worker_name)
-            pipe.set(self.keys.heartbeat(worker_name), payload, ex=ttl_s)
-            pipe.set(self.keys.owner(worker_name), owner_token, nx=True)
-            pipe.execute()
-
-    def requeue(self, worker_name: str, *, force: bool = False) -> int:
-        """Return a worker's claimed items to the queue head if its heartbeat has expired.
-
-        ``force`` skips the heartbeat check (a worker restarting under its old name). Returns
-        the number of items moved, or -1 when the worker is alive.
-        """
-        keys = [
-            self.keys.processing(worker_name),
-            self.keys.queue(),
-            self.keys.heartbeat(worker_name),
-            self.keys.workers(),
-            self.keys.owner(worker_name),
-        ]
-        return int(self._requeue(keys=keys, args=[worker_name, "1" if force else "0"]))
-
-    def requeue_dead_workers(self, *, exclude: str) -> int:
-        """Requeue the items of every registered worker whose heartbeat is gone."""
-        moved = 0
-        for name in self._registered_workers():
-            if name == exclude:
-                continue
-            count = self.requeue(name)
-            if count > 0:
-                logger.warning("requeued %d item(s) of dead worker %s", count, name)
-                moved += count
-        return moved
-
-    def retire(self, worker_name: str) -> None:
-        """Unregister a worker that stops cleanly with nothing left in its processing list."""
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.delete(self.keys.heartbeat(worker_name), self.keys.owner(worker_name))
-            pipe.srem(self.keys.workers(), worker_name)
-            pipe.execute()
-
-    def _registered_workers(self) -> list[str]:
-        return [_as_bytes(n).decode() for n in self.client.smembers(self.keys.workers())]
-
-    def live_workers(self) -> list[str]:
-        """Registered workers whose heartbeat has not expired."""
-        names = self._registered_workers()
-        if not names:
-            return []
-        with self.client.pipeline(transaction=False) as pipe:
-            for name in names:
-                pipe.exists(self.keys.heartbeat(name))
-            alive = pipe.execute()
-        return sorted(name for name, up in zip(names, alive, strict=True) if up)
-
-    def held(self, worker_name: str) -> int:
-        return int(self.client.llen(self.keys.processing(worker_name)))
 
 
 def _as_bytes(value: bytes | str) -> bytes:
