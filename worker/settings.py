@@ -1,14 +1,27 @@
-"""Settings of a model worker, read once from ``QUEUENET_*`` variables at the entry point."""
+"""Settings of a model worker, each declared once here, read once from ``QUEUENET_*`` variables
+at the entry point."""
 
 from __future__ import annotations
 
 import os
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from protocol.settings import RedisSettings, env_choice, env_float, env_int, env_str
+from protocol.keys import model_name
+from protocol.settings import (
+    LOG_FORMAT,
+    LOG_LEVEL,
+    RedisSettings,
+    declare,
+    from_env,
+    nested,
+    number,
+    setting_field,
+    text,
+    whole,
+)
 
 DEFAULT_MODEL = "efficientnet-lite0"
 
@@ -22,37 +35,146 @@ def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "queuenet"
 
 
+def _path(variable: str, raw: str) -> Path:
+    return Path(raw).expanduser()
+
+
+MODEL = declare(
+    "MODEL",
+    DEFAULT_MODEL,
+    "the model spec: `efficientnet-lite0`, `efficientnet-lite1`, `efficientnet-lite2`, a "
+    "`keras.applications` name (`ResNet50`…), or a `.keras` path",
+    tier="worker",
+    parse=text,
+)
+MODEL_NAME = declare(
+    "MODEL_NAME",
+    "",
+    "the name clients use (`/models/{name}/predict`)",
+    tier="worker",
+    parse=model_name,
+    shown_default="from the spec (`efficientnet-lite0`; a `.keras` path: its file name)",
+)
+MODEL_VERSION = declare(
+    "MODEL_VERSION",
+    "1",
+    "the version this worker serves; a new version takes no unversioned traffic until "
+    "promoted (`queuenet models promote`), except a model's first",
+    tier="worker",
+    parse=model_name,
+)
+LABELS = declare(
+    "LABELS",
+    "",
+    "text file, one label per line in output order (for a `.keras` path)",
+    tier="worker",
+    parse=text,
+)
+MODEL_CACHE_DIR = declare(
+    "MODEL_CACHE_DIR",
+    None,
+    "where built models are cached",
+    tier="worker",
+    parse=_path,
+    shown_default="`~/.cache/queuenet`",
+    default_factory=default_cache_dir,
+)
+BATCH_SIZE = declare(
+    "BATCH_SIZE", 32, "most images per model call", tier="worker", parse=whole(1, 1024)
+)
+BATCH_WAIT_MS = declare(
+    "BATCH_WAIT_MS",
+    2.0,
+    "milliseconds to wait for a partial batch to fill",
+    tier="worker",
+    parse=number(0.0, 10_000),
+)
+BLOCK_TIMEOUT_S = declare(
+    "BLOCK_TIMEOUT_S",
+    1.0,
+    "seconds one wait for work blocks before the loop looks up",
+    tier="worker",
+    parse=number(0.01, 5),
+)
+RESULT_TTL_S = declare(
+    "RESULT_TTL_S", 60, "seconds an unread result stays in Redis", tier="worker", parse=whole(1)
+)
+HEARTBEAT_TTL_S = declare(
+    "HEARTBEAT_TTL_S",
+    10,
+    "seconds without a heartbeat before a worker's items are taken back",
+    tier="worker",
+    parse=whole(2),
+)
+MAX_ATTEMPTS = declare(
+    "MAX_ATTEMPTS",
+    3,
+    "claims of an item by workers that died (or a model that raised) before it is dead-lettered",
+    tier="worker",
+    parse=whole(1, 100),
+)
+DRAIN_TIMEOUT_S = declare(
+    "DRAIN_TIMEOUT_S",
+    10.0,
+    "on SIGTERM, the last live worker of a version keeps answering its queue until it has been "
+    "empty for a second, at most this long (0: stop after the batch in hand)",
+    tier="worker",
+    parse=number(0.0, 3600),
+)
+WORKER_NAME = declare(
+    "WORKER_NAME",
+    "",
+    "unique worker name",
+    tier="worker",
+    parse=text,
+    shown_default="`{hostname}-{pid}`",
+)
+TF_INTRA_OP_THREADS = declare(
+    "TF_INTRA_OP_THREADS",
+    0,
+    "TensorFlow threads inside one op; 0 lets TensorFlow choose",
+    tier="worker",
+    parse=whole(0),
+)
+TF_INTER_OP_THREADS = declare(
+    "TF_INTER_OP_THREADS",
+    0,
+    "TensorFlow ops run in parallel; 0 lets TensorFlow choose",
+    tier="worker",
+    parse=whole(0),
+)
+METRICS_PORT = declare(
+    "METRICS_PORT",
+    0,
+    "TCP port of the worker's Prometheus `/metrics` (0: none; `serve` gives its workers port, "
+    "port+1, …)",
+    tier="worker",
+    parse=whole(0, 65535),
+)
+
+
 @dataclass(frozen=True)
 class WorkerSettings:
-    redis: RedisSettings = field(default_factory=RedisSettings)
-    model: str = DEFAULT_MODEL
-    """``efficientnet-lite0``, a ``keras.applications`` name, or a path to a ``.keras`` file."""
-    labels_path: str = ""
-    """Text file with one label per line, in output order (for a ``.keras`` model)."""
-    model_cache_dir: Path = field(default_factory=default_cache_dir)
-    """Where the built default model is saved as ``.keras`` and loaded on later starts."""
-    batch_size: int = 32
-    """Most images predicted in one call of the model."""
-    batch_wait_ms: float = 2.0
-    """Milliseconds to wait for a partial batch to fill after the queue ran empty."""
-    block_timeout_s: float = 1.0
-    """Seconds one blocking wait for work lasts before the loop checks heartbeat and stop flag."""
-    result_ttl_s: int = 60
-    """Seconds a result stays in Redis for the web tier to pick up."""
-    heartbeat_ttl_s: int = 10
-    """Seconds after the last heartbeat at which other workers take this worker's items back."""
-    max_attempts: int = 3
-    """Times an item may be claimed by a worker that then dies before it is dead-lettered."""
-    worker_name: str = ""
-    """Unique name of this worker; empty means ``{hostname}-{pid}`` (see :meth:`name`)."""
-    tf_intra_op_threads: int = 0
-    """TensorFlow threads inside one op; 0 lets TensorFlow choose (one per core)."""
-    tf_inter_op_threads: int = 0
-    """TensorFlow ops run in parallel; 0 lets TensorFlow choose."""
-    metrics_port: int = 0
-    """TCP port of this worker's Prometheus ``/metrics``; 0 serves none."""
-    log_level: str = "INFO"
-    log_format: str = "text"
+    redis: RedisSettings = nested(RedisSettings)
+    model: str = setting_field(MODEL)
+    model_name: str = setting_field(MODEL_NAME)
+    """Empty: derived from ``model`` by :func:`worker.registry.derive_model_name`."""
+    model_version: str = setting_field(MODEL_VERSION)
+    labels_path: str = setting_field(LABELS)
+    model_cache_dir: Path = setting_field(MODEL_CACHE_DIR)
+    batch_size: int = setting_field(BATCH_SIZE)
+    batch_wait_ms: float = setting_field(BATCH_WAIT_MS)
+    block_timeout_s: float = setting_field(BLOCK_TIMEOUT_S)
+    result_ttl_s: int = setting_field(RESULT_TTL_S)
+    heartbeat_ttl_s: int = setting_field(HEARTBEAT_TTL_S)
+    max_attempts: int = setting_field(MAX_ATTEMPTS)
+    drain_timeout_s: float = setting_field(DRAIN_TIMEOUT_S)
+    worker_name: str = setting_field(WORKER_NAME)
+    tf_intra_op_threads: int = setting_field(TF_INTRA_OP_THREADS)
+    tf_inter_op_threads: int = setting_field(TF_INTER_OP_THREADS)
+    metrics_port: int = setting_field(METRICS_PORT)
+    log_level: str = setting_field(LOG_LEVEL)
+    log_format: str = setting_field(LOG_FORMAT)
 
     def name(self) -> str:
         """The configured name, or one unique to this process on this host."""
@@ -60,21 +182,9 @@ class WorkerSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> WorkerSettings:
-        return cls(
-            redis=RedisSettings.from_env(env),
-            model=env_str(env, "MODEL", DEFAULT_MODEL),
-            labels_path=env_str(env, "LABELS", ""),
-            model_cache_dir=Path(env_str(env, "MODEL_CACHE_DIR", str(default_cache_dir()))),
-            batch_size=env_int(env, "BATCH_SIZE", 32, minimum=1, maximum=1024),
-            batch_wait_ms=env_float(env, "BATCH_WAIT_MS", 2.0, minimum=0.0, maximum=10_000),
-            block_timeout_s=env_float(env, "BLOCK_TIMEOUT_S", 1.0, minimum=0.01, maximum=5),
-            result_ttl_s=env_int(env, "RESULT_TTL_S", 60, minimum=1),
-            heartbeat_ttl_s=env_int(env, "HEARTBEAT_TTL_S", 10, minimum=2),
-            max_attempts=env_int(env, "MAX_ATTEMPTS", 3, minimum=1, maximum=100),
-            worker_name=env_str(env, "WORKER_NAME", ""),
-            tf_intra_op_threads=env_int(env, "TF_INTRA_OP_THREADS", 0, minimum=0),
-            tf_inter_op_threads=env_int(env, "TF_INTER_OP_THREADS", 0, minimum=0),
-            metrics_port=env_int(env, "METRICS_PORT", 0, minimum=0, maximum=65535),
-            log_level=env_choice(env, "LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
-            log_format=env_choice(env, "LOG_FORMAT", "text", ("text", "json")),
-        )
+        from worker.registry import derive_model_name
+
+        settings = from_env(cls, env)
+        if not settings.model_name:
+            settings = replace(settings, model_name=derive_model_name(settings.model))
+        return settings
