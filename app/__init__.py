@@ -15,13 +15,15 @@ from flask import Flask, Response, g, request
 from app import demo, metrics
 from app.auth import require_api_keys
 from app.errors import register_error_handlers
+from app.models_api import bp as models_bp
 from app.ops import bp as ops_bp
 from app.queueing import PredictionService
+from app.routing import ModelRouter
 from app.settings import AppSettings
 from app.views import bp
 from protocol.connection import connect
 from protocol.keys import Keys
-from protocol.queue import Queue
+from protocol.routing import ModelDirectory
 
 logger = logging.getLogger(__name__)
 
@@ -33,11 +35,15 @@ def create_app(settings: AppSettings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     # A deadline of predict_timeout_s on the server-side BLPOP; the socket may wait that long.
     client = connect(settings.redis, blocking_timeout_s=settings.predict_timeout_s)
-    queue = Queue(client, Keys(settings.redis.namespace))
+    keys = Keys(settings.redis.namespace)
     app.extensions["redis"] = client
     app.extensions["queuenet.settings"] = settings
-    app.extensions["queuenet.service"] = PredictionService(queue, max_queue=settings.max_queue)
+    app.extensions["queuenet.router"] = ModelRouter(
+        ModelDirectory(client, keys), keys, default_model=settings.default_model
+    )
+    app.extensions["queuenet.service"] = PredictionService(client, max_queue=settings.max_queue)
     app.register_blueprint(bp)
+    app.register_blueprint(models_bp)
     app.register_blueprint(ops_bp)
     app.register_blueprint(demo.bp)  # GET /: the demo page (app/static/)
     register_error_handlers(app)
@@ -58,16 +64,23 @@ def _log_request(response: Response) -> Response:
     job_id = g.get("job_id", "")
     if job_id:
         response.headers["X-Request-ID"] = job_id
+    model, version = g.get("model", ""), g.get("version", "")
+    if model:  # the version a prediction went to, on its answer and on its errors
+        response.headers["X-Model-Name"] = model
+        response.headers["X-Model-Version"] = version
     code = g.get("error_code", "ok")
     endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
-    metrics.observe(endpoint, response.status_code, code, elapsed_s)
+    metrics.observe(endpoint, response.status_code, code, elapsed_s, model, version)
     logger.info(
-        "request %s %s status=%d code=%s ms=%.1f job_id=%s batch_id=%s worker=%s",
+        "request %s %s status=%d code=%s ms=%.1f model=%s version=%s job_id=%s batch_id=%s "
+        "worker=%s",
         request.method,
         request.path,
         response.status_code,
         code,
         elapsed_s * 1000.0,
+        model or "-",
+        version or "-",
         job_id or "-",
         g.get("batch_id", "") or "-",
         g.get("worker", "") or "-",

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from flask import Flask, Response, request
 
 from app.errors import error_response
+from protocol import error_codes as codes
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ def _reject(message: str, reason: str, *, invalid: bool) -> Response:
         request.remote_addr,
         reason,
     )
-    response = error_response(401, "unauthorized", message)
+    response = error_response(401, codes.UNAUTHORIZED, message)
     # RFC 6750: a key that was sent but is wrong is an "invalid_token"; a missing one has no code.
     error = ', error="invalid_token"' if invalid else ""
     response.headers["WWW-Authenticate"] = f'Bearer realm="{REALM}"{error}'

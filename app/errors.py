@@ -11,56 +11,68 @@ import logging
 from flask import Flask, Response, g, jsonify
 from werkzeug.exceptions import HTTPException
 
+from protocol import error_codes as codes
+
 logger = logging.getLogger(__name__)
 
 
 class APIError(Exception):
     status_code = 500
-    code = "internal_error"
+    code = codes.INTERNAL_ERROR
 
-    def __init__(self, message: str, *, retry_after_s: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, retry_after_s: int | None = None, code: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.retry_after_s = retry_after_s
+        if code is not None:
+            self.code = code
 
 
 class InvalidRequestError(APIError):
     status_code = 400
-    code = "invalid_request"
+    code = codes.INVALID_REQUEST
 
 
 class InvalidImageError(APIError):
     status_code = 400
-    code = "invalid_image"
+    code = codes.INVALID_IMAGE
+
+
+class ModelNotFoundError(APIError):
+    """An unknown model (or, with ``code=MODEL_VERSION_NOT_FOUND``, version); the message
+    names what exists."""
+
+    status_code = 404
+    code = codes.MODEL_NOT_FOUND
 
 
 class QueueFullError(APIError):
     status_code = 503
-    code = "queue_full"
+    code = codes.QUEUE_FULL
 
 
 class QueueUnavailableError(APIError):
     status_code = 503
-    code = "queue_unavailable"
+    code = codes.QUEUE_UNAVAILABLE
 
 
 class ModelUnavailableError(APIError):
     status_code = 503
-    code = "model_unavailable"
+    code = codes.MODEL_UNAVAILABLE
 
 
 class PredictionTimeoutError(APIError):
     status_code = 504
-    code = "prediction_timeout"
+    code = codes.PREDICTION_TIMEOUT
 
 
 class PredictionFailedError(APIError):
-    status_code = 500
-    code = "prediction_failed"
+    """The worker answered with an error result; ``code`` is the worker's."""
 
-    def __init__(self, message: str, *, code: str = "prediction_failed") -> None:
-        super().__init__(message)
-        self.code = code
+    status_code = 500
+    code = codes.PREDICTION_FAILED
 
 
 def error_response(status: int, code: str, message: str) -> Response:
@@ -88,7 +100,7 @@ def _handle_http_exception(error: HTTPException) -> Response:
 
 def _handle_unexpected(error: Exception) -> Response:
     logger.exception("unhandled error: %s", error)
-    return error_response(500, "internal_error", "internal server error; see the server log")
+    return error_response(500, codes.INTERNAL_ERROR, "internal server error; see the server log")
 
 
 def register_error_handlers(app: Flask) -> None:

@@ -18,7 +18,10 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from protocol.queue import Queue
+from protocol import error_codes as codes
+from protocol.keys import Keys
+from protocol.routing import Route
+from protocol.status import catalog_status
 
 logger = logging.getLogger(__name__)
 
@@ -29,55 +32,46 @@ REQUESTS = Counter(
 )
 PREDICT_LATENCY = Histogram(
     "queuenet_predict_duration_seconds",
-    "End-to-end time of POST /predict: upload, decode, queue, inference, answer",
-    ["status"],
+    "End-to-end time of a prediction request: upload, decode, queue, inference, answer",
+    ["status", "model", "version"],
     buckets=LATENCY_BUCKETS_S,
 )
 TIMEOUTS = Counter(
-    "queuenet_prediction_timeouts_total", "Requests that got no prediction before the deadline"
+    "queuenet_prediction_timeouts_total",
+    "Requests that got no prediction before the deadline",
+    ["model", "version"],
 )
 REJECTIONS = Counter(
     "queuenet_rejections_total",
     "Requests refused before reaching the queue",
     ["reason"],
 )
-REJECTION_CODES = frozenset(
-    {
-        "queue_full",
-        "queue_unavailable",
-        "model_unavailable",
-        "invalid_request",
-        "invalid_image",
-        "request_entity_too_large",
-        "unauthorized",
-    }
-)
 
 
-def observe(endpoint: str, status: int, code: str, elapsed_s: float) -> None:
-    """Record one answered request."""
+def observe(
+    endpoint: str, status: int, code: str, elapsed_s: float, model: str = "", version: str = ""
+) -> None:
+    """Record one answered request (``model``/``version``: where a prediction went)."""
     REQUESTS.labels(endpoint, str(status), code).inc()
-    if endpoint == "/predict":
-        PREDICT_LATENCY.labels(str(status)).observe(elapsed_s)
-    if code == "prediction_timeout":
-        TIMEOUTS.inc()
-    elif code in REJECTION_CODES:
+    if model:
+        PREDICT_LATENCY.labels(str(status), model, version).observe(elapsed_s)
+    if code == codes.PREDICTION_TIMEOUT:
+        TIMEOUTS.labels(model, version).inc()
+    elif code in codes.REJECTIONS:
         REJECTIONS.labels(code).inc()
 
 
 class QueueCollector(Collector):
-    """Gauges read from Redis at scrape time."""
+    """Gauges read from Redis at scrape time, one series per model version."""
 
-    def __init__(self, queue: Queue) -> None:
-        self.queue = queue
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self.client = client
+        self.keys = keys
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("queuenet_redis_up", "1 when Redis answered this scrape")
         try:
-            depth = self.queue.depth()
-            live = len(self.queue.live_workers())
-            dead = int(self.queue.client.llen(self.queue.keys.dead()))
-            card = int(self.queue.client.exists(self.queue.keys.model_card()))
+            _, models = catalog_status(self.client, self.keys)
         except redis.RedisError as exc:
             logger.warning("metrics: redis unreachable: %s", exc)
             up.add_metric([], 0)
@@ -85,25 +79,54 @@ class QueueCollector(Collector):
             return
         up.add_metric([], 1)
         yield up
-        yield _gauge("queuenet_queue_depth", "Requests waiting in the queue", depth)
-        yield _gauge("queuenet_live_workers", "Workers with a fresh heartbeat", live)
-        yield _gauge("queuenet_dead_letters", "Items in the dead-letter list", dead)
-        yield _gauge("queuenet_model_card_published", "1 when a model card is in Redis", card)
+        labels = ["model", "version"]
+        depth = GaugeMetricFamily(
+            "queuenet_queue_depth", "Requests waiting in a version's queue", labels=labels
+        )
+        live = GaugeMetricFamily(
+            "queuenet_live_workers", "Workers of a version with a fresh heartbeat", labels=labels
+        )
+        dead = GaugeMetricFamily(
+            "queuenet_dead_letters", "Items in a version's dead-letter list", labels=labels
+        )
+        card = GaugeMetricFamily(
+            "queuenet_model_card_published",
+            "1 when a version's model card is in Redis",
+            labels=labels,
+        )
+        serving = GaugeMetricFamily(
+            "queuenet_serving_share",
+            "Share (0..1) of a model's unversioned requests that a version takes",
+            labels=labels,
+        )
+        for model in models:
+            route = model.route
+            for v in model.versions:
+                values = [model.name, v.version]
+                depth.add_metric(values, v.queued)
+                live.add_metric(values, len(v.live_workers))
+                dead.add_metric(values, v.dead_letters)
+                card.add_metric(values, int(v.card is not None))
+                serving.add_metric(values, _share(route, v.version))
+        yield from (depth, live, dead, card, serving)
 
 
-def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
-    family = GaugeMetricFamily(name, documentation)
-    family.add_metric([], value)
-    return family
+def _share(route: Route | None, version: str) -> float:
+    if route is None:
+        return 0.0
+    canary = route.canary_percent / 100.0 if route.canary is not None else 0.0
+    if version == route.canary:
+        return canary
+    return 1.0 - canary if version == route.serving else 0.0
 
 
-def render(queue: Queue, multiprocess_dir: str) -> bytes:
-    """The exposition text: this process's (or all gunicorn processes') metrics + the queue."""
+def render(client: redis.Redis, keys: Keys, multiprocess_dir: str) -> bytes:
+    """The exposition text: this process's (or all gunicorn processes') metrics + the queues."""
     registry = CollectorRegistry()
     if multiprocess_dir:
         MultiProcessCollector(registry, path=multiprocess_dir)  # type: ignore[no-untyped-call]
     else:
         for collector in (REQUESTS, PREDICT_LATENCY, TIMEOUTS, REJECTIONS):
             registry.register(collector)
-    registry.register(QueueCollector(queue))
+    registry.register(QueueCollector(client, keys))
     return generate_latest(registry)

@@ -37,6 +37,7 @@ def openapi_document(settings: AppSettings) -> dict[str, Any]:
         "security": _security(required=bool(settings.api_keys)),
         "tags": [
             {"name": "predict", "description": "Image classification."},
+            {"name": "models", "description": "The models and versions served, and their routes."},
             {"name": "operations", "description": "Health, readiness, metrics, this document."},
             {"name": "demo", "description": "The browser demo page."},
         ],
@@ -108,6 +109,12 @@ def _security_schemes() -> dict[str, Any]:
 def _paths(settings: AppSettings) -> dict[str, Any]:
     operations: dict[str, dict[str, Any]] = {
         "/predict": {"post": _predict(settings)},
+        "/models/{name}/predict": {"post": _predict(settings, model=True)},
+        "/models/{name}/versions/{version}/predict": {
+            "post": _predict(settings, model=True, version=True)
+        },
+        "/models": {"get": _list_models()},
+        "/models/{name}": {"get": _show_model()},
         "/healthz": {"get": _healthz()},
         "/readyz": {"get": _readyz()},
         "/metrics": {"get": _metrics()},
@@ -123,19 +130,34 @@ def _paths(settings: AppSettings) -> dict[str, Any]:
     return operations
 
 
-def _predict(settings: AppSettings) -> dict[str, Any]:
+def _predict(settings: AppSettings, *, model: bool = False, version: bool = False) -> Schema:
+    if version:
+        operation_id, which = "predictWithVersion", "version `version` of model `name`"
+    elif model:
+        operation_id, which = (
+            "predictWithModel",
+            "model `name`: its serving version, or, for its canary share, the canary version",
+        )
+    else:
+        operation_id, which = "predict", "the default model"
+    path_parameters = [_path_parameter("name", "A model name (`GET /models`).")] if model else []
+    if version:
+        path_parameters.append(_path_parameter("version", "A version of that model."))
     return {
-        "operationId": "predict",
+        "operationId": operation_id,
         "tags": ["predict"],
-        "summary": "Classify one or more images",
+        "summary": f"Classify one or more images with {which.split(':')[0]}",
         "description": (
+            f"Classifies with {which}. "
             "Answers the `top_k` most probable classes of each image, highest probability "
             "first. One image (one multipart field `image`, or JSON `image`) is answered with "
             "`predictions`; several (repeated `image` fields, or JSON `images`, even of one) "
             "with `results`, one entry per image in order, each its own success or error. "
-            "The images of one request are queued all or none."
+            "The images of one request are queued all or none. `model` and the "
+            "`X-Model-Version` header say which model version answered."
         ),
-        "parameters": [
+        "parameters": path_parameters
+        + [
             {
                 "name": "top_k",
                 "in": "query",
@@ -152,7 +174,11 @@ def _predict(settings: AppSettings) -> dict[str, Any]:
         "responses": {
             "200": {
                 "description": "The predictions.",
-                "headers": {"X-Request-ID": _ref_header("X-Request-ID")},
+                "headers": {
+                    "X-Request-ID": _ref_header("X-Request-ID"),
+                    "X-Model-Name": _ref_header("X-Model-Name"),
+                    "X-Model-Version": _ref_header("X-Model-Version"),
+                },
                 "content": {
                     JSON: {
                         "schema": {
@@ -165,6 +191,7 @@ def _predict(settings: AppSettings) -> dict[str, Any]:
                 },
             },
             "400": _ref_response("BadRequest"),
+            "404": _ref_response("ModelNotFound"),
             "413": _ref_response("PayloadTooLarge"),
             "500": _ref_response("PredictionFailed"),
             "503": _ref_response("Unavailable"),
@@ -223,6 +250,53 @@ def _predict_body(settings: AppSettings) -> dict[str, Any]:
     }
 
 
+def _path_parameter(name: str, description: str) -> Schema:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "description": description,
+        "schema": {"type": "string"},
+    }
+
+
+def _list_models() -> dict[str, Any]:
+    return {
+        "operationId": "listModels",
+        "tags": ["models"],
+        "summary": "Every model and version",
+        "description": (
+            "Each model with its versions (ready or not, live workers, input size, number of "
+            "labels, queued requests), which version serves its unversioned requests "
+            "(`serving`) and any canary, and which model `POST /predict` serves (`default`)."
+        ),
+        "responses": {
+            "200": {
+                "description": "The models.",
+                "content": {JSON: {"schema": {"$ref": "#/components/schemas/ModelList"}}},
+            },
+            "503": _ref_response("RedisUnavailable"),
+        },
+    }
+
+
+def _show_model() -> dict[str, Any]:
+    return {
+        "operationId": "showModel",
+        "tags": ["models"],
+        "summary": "One model and its versions",
+        "parameters": [_path_parameter("name", "A model name.")],
+        "responses": {
+            "200": {
+                "description": "The model.",
+                "content": {JSON: {"schema": {"$ref": "#/components/schemas/Model"}}},
+            },
+            "404": _ref_response("ModelNotFound"),
+            "503": _ref_response("RedisUnavailable"),
+        },
+    }
+
+
 def _healthz() -> dict[str, Any]:
     return {
         "operationId": "healthz",
@@ -258,9 +332,10 @@ def _readyz() -> dict[str, Any]:
         "tags": ["operations"],
         "summary": "Readiness",
         "description": (
-            "200 when this replica can serve predictions now: Redis answers, a worker has a "
-            "fresh heartbeat, a model card is published and the queue is not full. 503 names "
-            "the failing checks (only `redis` when Redis is unreachable)."
+            "200 when this replica can serve the default model now: Redis answers, the default "
+            "model's serving version has a worker with a fresh heartbeat, a model card and "
+            "room in its queue. 503 names the failing checks (only `redis` when Redis is "
+            "unreachable)."
         ),
         "responses": {
             "200": {
@@ -378,6 +453,16 @@ def _responses() -> dict[str, Any]:
             ["unauthorized"],
             **{"WWW-Authenticate": _ref_header("WWW-Authenticate")},
         ),
+        "ModelNotFound": _error_response(
+            "`model_not_found`: no such model; `model_version_not_found`: no such version of "
+            "it. The message names the models and versions that exist.",
+            ["model_not_found", "model_version_not_found"],
+        ),
+        "RedisUnavailable": _error_response(
+            "`queue_unavailable`: Redis unreachable (answered at once).",
+            ["queue_unavailable"],
+            **{"Retry-After": _ref_header("Retry-After")},
+        ),
         "PayloadTooLarge": _error_response(
             "The request body is over `QUEUENET_MAX_UPLOAD_BYTES` (or a non-file form value "
             "over Flask's form memory limit).",
@@ -391,8 +476,9 @@ def _responses() -> dict[str, Any]:
         ),
         "Unavailable": _error_response(
             "`queue_unavailable`: Redis unreachable (answered at once); `model_unavailable`: "
-            "no worker has published its model card; `queue_full`: `QUEUENET_MAX_QUEUE` "
-            "requests are already waiting. Retry after `Retry-After` seconds.",
+            "no model is served yet, or no worker of the version has published its model "
+            "card; `queue_full`: `QUEUENET_MAX_QUEUE` requests are already waiting in the "
+            "version's queue. Retry after `Retry-After` seconds.",
             ["queue_unavailable", "model_unavailable", "queue_full"],
             **{"Retry-After": _ref_header("Retry-After"), "X-Request-ID": request_id},
         ),
@@ -413,6 +499,16 @@ def _headers() -> dict[str, Any]:
             ),
             "required": False,
             "schema": {"type": "string", "pattern": "^[0-9a-f]{32}(,[0-9a-f]{32})*$"},
+        },
+        "X-Model-Name": {
+            "description": "The model that answered (or, on an error, was asked).",
+            "required": True,
+            "schema": {"type": "string"},
+        },
+        "X-Model-Version": {
+            "description": "The version of that model that answered (or was asked).",
+            "required": True,
+            "schema": {"type": "string"},
         },
         "Retry-After": {
             "description": "Seconds to wait before retrying.",
@@ -472,7 +568,22 @@ def _schemas(settings: AppSettings) -> dict[str, Any]:
             "description": "Highest probability first.",
             "items": {"$ref": "#/components/schemas/Prediction"},
         },
+        "ModelRef": {
+            "type": "object",
+            "description": "The model version that answered.",
+            "required": ["name", "version"],
+            "properties": {"name": {"type": "string"}, "version": {"type": "string"}},
+        },
         "PredictResponse": {
+            "type": "object",
+            "required": ["success", "predictions", "model"],
+            "properties": {
+                "success": {"const": True},
+                "predictions": {"$ref": "#/components/schemas/Predictions"},
+                "model": {"$ref": "#/components/schemas/ModelRef"},
+            },
+        },
+        "ImageResult": {
             "type": "object",
             "required": ["success", "predictions"],
             "properties": {
@@ -482,9 +593,10 @@ def _schemas(settings: AppSettings) -> dict[str, Any]:
         },
         "PredictManyResponse": {
             "type": "object",
-            "required": ["success", "results"],
+            "required": ["success", "results", "model"],
             "properties": {
                 "success": {"const": True},
+                "model": {"$ref": "#/components/schemas/ModelRef"},
                 "results": {
                     "type": "array",
                     "minItems": 1,
@@ -492,7 +604,7 @@ def _schemas(settings: AppSettings) -> dict[str, Any]:
                     "description": "One entry per image, in request order.",
                     "items": {
                         "oneOf": [
-                            {"$ref": "#/components/schemas/PredictResponse"},
+                            {"$ref": "#/components/schemas/ImageResult"},
                             {"$ref": "#/components/schemas/ImageError"},
                         ]
                     },
@@ -500,6 +612,19 @@ def _schemas(settings: AppSettings) -> dict[str, Any]:
             },
         },
         "ImageError": _image_error(),
+        "ModelList": {
+            "type": "object",
+            "required": ["default", "models"],
+            "properties": {
+                "default": {
+                    "type": ["string", "null"],
+                    "description": "The model `POST /predict` serves.",
+                },
+                "models": {"type": "array", "items": {"$ref": "#/components/schemas/Model"}},
+            },
+        },
+        "Model": _model_schema(),
+        "ModelVersion": _model_version_schema(),
         "Readiness": _readiness(),
         "Check": {
             "type": "object",
@@ -510,6 +635,71 @@ def _schemas(settings: AppSettings) -> dict[str, Any]:
                 "live": {"type": "integer", "minimum": 0, "description": "Live workers."},
                 "depth": {"type": "integer", "minimum": 0, "description": "Queued requests."},
                 "max": {"type": "integer", "minimum": 1, "description": "QUEUENET_MAX_QUEUE."},
+                "name": {"type": "string", "description": "The default model."},
+                "version": {"type": "string", "description": "Its serving version."},
+            },
+        },
+    }
+
+
+def _model_schema() -> Schema:
+    return {
+        "type": "object",
+        "required": ["name", "serving", "canary", "versions"],
+        "properties": {
+            "name": {"type": "string"},
+            "serving": {
+                "type": ["string", "null"],
+                "description": "The version that answers unversioned requests.",
+            },
+            "canary": {
+                "description": "A version that takes `percent` % of unversioned requests.",
+                "oneOf": [
+                    {"type": "null"},
+                    {
+                        "type": "object",
+                        "required": ["version", "percent"],
+                        "properties": {
+                            "version": {"type": "string"},
+                            "percent": {"type": "number", "minimum": 0, "maximum": 100},
+                        },
+                    },
+                ],
+            },
+            "versions": {"type": "array", "items": {"$ref": "#/components/schemas/ModelVersion"}},
+        },
+    }
+
+
+def _model_version_schema() -> Schema:
+    count = {"type": "integer", "minimum": 0}
+    maybe_count = {"type": ["integer", "null"], "minimum": 1}
+    return {
+        "type": "object",
+        "required": ["version", "ready", "workers", "input_size", "labels"],
+        "properties": {
+            "version": {"type": "string"},
+            "ready": {"type": "boolean", "description": "A model card and a live worker."},
+            "workers": count | {"description": "Workers with a fresh heartbeat."},
+            "input_size": maybe_count | {"description": "Side of the square input, pixels."},
+            "labels": maybe_count | {"description": "Number of classes."},
+            "queued": count,
+            "dead_letters": count,
+            "card": {"type": ["string", "null"], "description": "The model card's fingerprint."},
+            "recipe": {
+                "description": "How images are prepared for it (see the README).",
+                "oneOf": [
+                    {"type": "null"},
+                    {
+                        "type": "object",
+                        "required": ["resize", "crop_padding", "resample"],
+                        "properties": {
+                            "resize": {"enum": ["center-crop", "stretch"]},
+                            "crop_padding": count,
+                            "resample": {"type": "string"},
+                        },
+                    },
+                ],
             },
         },
     }
@@ -580,6 +770,7 @@ def _readiness() -> Schema:
                 "required": ["redis"],
                 "properties": {
                     "redis": check,
+                    "model": check,
                     "workers": check,
                     "model_card": check,
                     "queue": check,

@@ -11,52 +11,74 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.metrics import render
 from app.openapi import openapi_document
-from app.queueing import PredictionService
+from app.routing import ModelRouter
 from app.settings import AppSettings
+from protocol.keys import Keys
+from protocol.status import version_status
 
 bp = Blueprint("ops", __name__)
 
 
-def _service() -> PredictionService:
-    service: PredictionService = current_app.extensions["queuenet.service"]
-    return service
+def _router() -> ModelRouter:
+    router: ModelRouter = current_app.extensions["queuenet.router"]
+    return router
 
 
 @bp.get("/readyz")
 def readyz() -> Response:
-    """200 only when this replica can serve predictions now; 503 says which check failed."""
+    """200 only when this replica can serve the default model now; 503 says which check
+    failed."""
     settings: AppSettings = current_app.extensions["queuenet.settings"]
-    checks = readiness_checks(_service(), settings.max_queue)
+    checks = readiness_checks(_router(), current_app.extensions["redis"], settings.max_queue)
     ready = all(check["ok"] for check in checks.values())
     response = jsonify({"ready": ready, "checks": checks})
     response.status_code = 200 if ready else 503
     return response
 
 
-def readiness_checks(service: PredictionService, max_queue: int) -> dict[str, dict[str, Any]]:
-    queue = service.queue
+def readiness_checks(
+    router: ModelRouter, client: redis.Redis, max_queue: int
+) -> dict[str, dict[str, Any]]:
+    """Redis answers; the default model's serving version has a model card, a live worker
+    and room in its queue."""
     try:
-        queue.client.ping()
-        live = queue.live_workers()
-        card = bool(queue.client.exists(queue.keys.model_card()))
-        depth = queue.depth()
+        client.ping()
+        catalog = router.directory.catalog()
     except redis.RedisError as exc:
         return {"redis": {"ok": False, "error": f"Redis unreachable ({type(exc).__name__})"}}
-    return {
-        "redis": {"ok": True},
-        "workers": {"ok": bool(live), "live": len(live)}
-        | ({} if live else {"error": "no worker has a fresh heartbeat"}),
-        "model_card": {"ok": card} | ({} if card else {"error": "no model card published"}),
-        "queue": {"ok": depth < max_queue, "depth": depth, "max": max_queue}
-        | ({} if depth < max_queue else {"error": "the queue is full"}),
-    }
+    checks: dict[str, dict[str, Any]] = {"redis": {"ok": True}}
+    name = router.default_model or catalog.default
+    route = catalog.routes.get(name) if name else None
+    if name is None or route is None:
+        checks["model"] = {"ok": False, "error": "no model is served yet (no worker announced one)"}
+        return checks
+    checks["model"] = {"ok": True, "name": name, "version": route.serving}
+    try:
+        status = version_status(client, router.keys.version(name, route.serving))
+    except redis.RedisError as exc:
+        return {"redis": {"ok": False, "error": f"Redis unreachable ({type(exc).__name__})"}}
+    live = len(status.live_workers)
+    checks["workers"] = {"ok": bool(live), "live": live} | (
+        {} if live else {"error": f"no worker of {name} version {route.serving} is alive"}
+    )
+    card = status.card is not None
+    checks["model_card"] = {"ok": card} | ({} if card else {"error": "no model card published"})
+    depth = status.queued
+    checks["queue"] = {"ok": depth < max_queue, "depth": depth, "max": max_queue} | (
+        {} if depth < max_queue else {"error": "the queue is full"}
+    )
+    return checks
 
 
 @bp.get("/metrics")
 def metrics() -> Response:
     """Prometheus exposition of the web tier and the queue."""
     settings: AppSettings = current_app.extensions["queuenet.settings"]
-    body = render(_service().queue, settings.prometheus_multiproc_dir)
+    body = render(
+        current_app.extensions["redis"],
+        Keys(settings.redis.namespace),
+        settings.prometheus_multiproc_dir,
+    )
     return Response(body, content_type=CONTENT_TYPE_LATEST)  # it carries its own charset
 
 

@@ -1,19 +1,25 @@
-"""Settings of the web tier, read once from ``QUEUENET_*`` variables at the entry point."""
+"""Settings of the web tier, each declared once here, read once from ``QUEUENET_*`` variables
+at the entry point."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from protocol.errors import SettingsError
+from protocol.keys import model_name
 from protocol.settings import (
-    PREFIX,
+    LOG_FORMAT,
+    LOG_LEVEL,
     RedisSettings,
-    env_bool,
-    env_choice,
-    env_float,
-    env_int,
-    env_str,
+    declare,
+    from_env,
+    nested,
+    number,
+    setting_field,
+    switch,
+    text,
+    whole,
 )
 
 API_KEY_MIN_CHARS = 16
@@ -21,69 +27,121 @@ API_KEY_MIN_CHARS = 16
 gives 43 characters)."""
 
 
+def _api_keys(variable: str, raw: str) -> tuple[str, ...]:
+    return parse_api_keys(raw, variable)
+
+
+PREDICT_TIMEOUT_S = declare(
+    "PREDICT_TIMEOUT_S",
+    10.0,
+    "seconds a request may wait for its prediction, queue included",
+    tier="web",
+    parse=number(0.1, 3600),
+)
+MAX_UPLOAD_BYTES = declare(
+    "MAX_UPLOAD_BYTES", 16 * 1024 * 1024, "bytes in one request body", tier="web", parse=whole(1024)
+)
+MAX_IMAGE_PIXELS = declare(
+    "MAX_IMAGE_PIXELS",
+    40_000_000,
+    "width × height of a decoded image (checked before decoding)",
+    tier="web",
+    parse=whole(1),
+)
+MAX_QUEUE = declare(
+    "MAX_QUEUE",
+    1000,
+    "requests waiting in one model version's queue before 503",
+    tier="web",
+    parse=whole(1),
+)
+JPEG_DRAFT = declare(
+    "JPEG_DRAFT",
+    False,
+    "opt-in: decode large JPEGs at a reduced DCT scale; faster, but it changes answers "
+    '(see "Exact answers")',
+    tier="web",
+    parse=switch,
+)
+DEFAULT_TOP_K = declare(
+    "DEFAULT_TOP_K", 5, "predictions returned without `top_k`", tier="web", parse=whole(1)
+)
+MAX_IMAGES_PER_REQUEST = declare(
+    "MAX_IMAGES_PER_REQUEST",
+    32,
+    "images in one request (repeated fields or JSON `images`)",
+    tier="web",
+    parse=whole(1, 1024),
+)
+DEFAULT_MODEL = declare(
+    "DEFAULT_MODEL",
+    "",
+    "model that `POST /predict` serves; empty: the one set in Redis by `queuenet models default` "
+    "or `queuenet serve` (else the first model whose worker became ready)",
+    tier="web",
+    parse=model_name,
+)
+HOST = declare("HOST", "127.0.0.1", "address gunicorn listens on", tier="web", parse=text)
+PORT = declare("PORT", 5000, "TCP port gunicorn listens on", tier="web", parse=whole(1, 65535))
+WEB_PROCESSES = declare("WEB_PROCESSES", 2, "gunicorn processes", tier="web", parse=whole(1, 64))
+WEB_THREADS = declare(
+    "WEB_THREADS",
+    32,
+    "threads per gunicorn process (each waiting request holds one; processes × threads bounds "
+    "requests in flight)",
+    tier="web",
+    parse=whole(1, 256),
+)
+API_KEYS = declare(
+    "API_KEYS",
+    (),
+    "comma-separated API keys, each ≥ 16 visible ASCII characters; when set, every request "
+    "needs one except `/healthz`, `/readyz`, `/metrics` and the demo page (`/`, `/static/*`)",
+    tier="web",
+    parse=_api_keys,
+    shown_default="– (no auth)",
+)
+
+
 @dataclass(frozen=True)
 class AppSettings:
-    redis: RedisSettings = field(default_factory=RedisSettings)
-    predict_timeout_s: float = 10.0
+    redis: RedisSettings = nested(RedisSettings)
+    predict_timeout_s: float = setting_field(PREDICT_TIMEOUT_S)
     """Seconds a request may wait for its prediction (queue + inference) before a 504."""
-    max_upload_bytes: int = 16 * 1024 * 1024
+    max_upload_bytes: int = setting_field(MAX_UPLOAD_BYTES)
     """Largest request body in bytes; larger ones get 413."""
-    max_image_pixels: int = 40_000_000
+    max_image_pixels: int = setting_field(MAX_IMAGE_PIXELS)
     """Largest decoded image in pixels (width x height); larger ones get 400."""
-    max_queue: int = 1000
-    """Requests allowed to wait in the queue; beyond that /predict answers 503 + Retry-After."""
-    jpeg_draft: bool = False
-    """Opt-in: decode large JPEGs at a reduced DCT scale (faster, but not the reference pixels:
-    it changes answers; bench/fidelity.py measures by how much). Off by default."""
-    default_top_k: int = 5
-    """Predictions returned when the request does not say ``top_k``."""
-    max_images_per_request: int = 32
-    """Images one request may carry (repeated ``image`` fields or JSON ``images``)."""
-    host: str = "127.0.0.1"
-    """Address gunicorn binds to."""
-    port: int = 5000
-    """TCP port gunicorn binds to."""
-    web_processes: int = 2
-    """gunicorn worker processes."""
-    web_threads: int = 32
-    """Threads per gunicorn process. Each in-flight request holds one while it waits for its
-    result, so processes x threads bounds the requests in flight (and the batch sizes)."""
-    log_level: str = "INFO"
-    log_format: str = "text"
-    """``text`` or ``json`` (one JSON object per line)."""
+    max_queue: int = setting_field(MAX_QUEUE)
+    """Requests allowed to wait in a version's queue; beyond that the answer is 503."""
+    jpeg_draft: bool = setting_field(JPEG_DRAFT)
+    """Opt-in: decode large JPEGs at a reduced DCT scale (not the reference pixels)."""
+    default_top_k: int = setting_field(DEFAULT_TOP_K)
+    max_images_per_request: int = setting_field(MAX_IMAGES_PER_REQUEST)
+    default_model: str = setting_field(DEFAULT_MODEL)
+    host: str = setting_field(HOST)
+    port: int = setting_field(PORT)
+    web_processes: int = setting_field(WEB_PROCESSES)
+    web_threads: int = setting_field(WEB_THREADS)
+    """Each in-flight request holds a thread while it waits for its result, so processes x
+    threads bounds the requests in flight (and the batch sizes)."""
+    log_level: str = setting_field(LOG_LEVEL)
+    log_format: str = setting_field(LOG_FORMAT)
+    api_keys: tuple[str, ...] = field(default=(), repr=False, metadata={"setting": API_KEYS})
+    """Left out of ``repr`` so logging the settings never prints a key."""
     prometheus_multiproc_dir: str = ""
-    """``PROMETHEUS_MULTIPROC_DIR``: where gunicorn's processes share their metrics (set by
-    ``queuenet web``/``serve``); empty means this process's metrics only."""
-    api_keys: tuple[str, ...] = field(default=(), repr=False)
-    """Keys a client must send (``Authorization: Bearer`` or ``X-API-Key``); empty = no auth.
-    Left out of ``repr`` so logging the settings never prints a key."""
+    """``PROMETHEUS_MULTIPROC_DIR`` (prometheus_client's own variable): where gunicorn's
+    processes share their metrics (set by ``queuenet web``/``serve``); empty means this
+    process's metrics only."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> AppSettings:
-        return cls(
-            redis=RedisSettings.from_env(env),
-            predict_timeout_s=env_float(env, "PREDICT_TIMEOUT_S", 10.0, minimum=0.1, maximum=3600),
-            max_upload_bytes=env_int(env, "MAX_UPLOAD_BYTES", 16 * 1024 * 1024, minimum=1024),
-            max_image_pixels=env_int(env, "MAX_IMAGE_PIXELS", 40_000_000, minimum=1),
-            max_queue=env_int(env, "MAX_QUEUE", 1000, minimum=1),
-            jpeg_draft=env_bool(env, "JPEG_DRAFT", False),
-            default_top_k=env_int(env, "DEFAULT_TOP_K", 5, minimum=1),
-            max_images_per_request=env_int(
-                env, "MAX_IMAGES_PER_REQUEST", 32, minimum=1, maximum=1024
-            ),
-            host=env_str(env, "HOST", "127.0.0.1"),
-            port=env_int(env, "PORT", 5000, minimum=1, maximum=65535),
-            web_processes=env_int(env, "WEB_PROCESSES", 2, minimum=1, maximum=64),
-            web_threads=env_int(env, "WEB_THREADS", 32, minimum=1, maximum=256),
-            log_level=env_choice(env, "LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
-            log_format=env_choice(env, "LOG_FORMAT", "text", ("text", "json")),
-            # prometheus_client's own variable, so it is not QUEUENET_-prefixed.
-            prometheus_multiproc_dir=env.get("PROMETHEUS_MULTIPROC_DIR", ""),
-            api_keys=parse_api_keys(env_str(env, "API_KEYS", "")),
+        return replace(
+            from_env(cls, env), prometheus_multiproc_dir=env.get("PROMETHEUS_MULTIPROC_DIR", "")
         )
 
 
-def parse_api_keys(raw: str) -> tuple[str, ...]:
+def parse_api_keys(raw: str, variable: str = API_KEYS.variable) -> tuple[str, ...]:
     """Comma-separated keys, each stripped; ``""`` means none (auth off).
 
     A key must be at least ``API_KEY_MIN_CHARS`` visible ASCII characters: whitespace,
@@ -94,7 +152,7 @@ def parse_api_keys(raw: str) -> tuple[str, ...]:
         return ()
     items = [item.strip() for item in raw.split(",")]
     for position, key in enumerate(items, start=1):
-        _check_api_key(key, f"{PREFIX}API_KEYS item {position} of {len(items)}")
+        _check_api_key(key, f"{variable} item {position} of {len(items)}")
     return tuple(items)
 
 

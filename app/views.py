@@ -1,4 +1,5 @@
-"""HTTP endpoints: ``POST /predict`` and ``GET /healthz``."""
+"""HTTP endpoints: ``POST /predict`` (the default model), ``POST /models/{name}/predict``,
+``POST /models/{name}/versions/{version}/predict`` and ``GET /healthz``."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ import time
 from typing import Any
 
 import numpy as np
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from app.errors import APIError, InvalidImageError, InvalidRequestError
 from app.preprocess import ImageDecodeError, image_to_input
 from app.queueing import PredictionService
+from app.routing import ModelRouter
 from app.settings import AppSettings
 from app.uploads import IMAGE_FIELD, Uploads, read_uploads
 from protocol.messages import ModelCard, PredictResult
@@ -31,6 +33,11 @@ def _service() -> PredictionService:
     return service
 
 
+def _router() -> ModelRouter:
+    router: ModelRouter = current_app.extensions["queuenet.router"]
+    return router
+
+
 @bp.get("/healthz")
 def healthz() -> Response:
     """Liveness: the process is up and serving HTTP."""
@@ -39,22 +46,47 @@ def healthz() -> Response:
 
 @bp.post("/predict")
 def predict() -> Response:
-    """Classify the uploaded image(s); answers the top-k labels, highest probability first."""
+    """Classify the uploaded image(s) with the default model; answers the top-k labels,
+    highest probability first."""
+    return _predict()
+
+
+@bp.post("/models/<name>/predict")
+def predict_with_model(name: str) -> Response:
+    """Classify with model ``name``: its serving version (or, for its canary share, the
+    canary)."""
+    return _predict(name)
+
+
+@bp.post("/models/<name>/versions/<version>/predict")
+def predict_with_version(name: str, version: str) -> Response:
+    """Classify with version ``version`` of model ``name``, whatever the routes say."""
+    return _predict(name, version)
+
+
+def _predict(model: str | None = None, version: str | None = None) -> Response:
     settings = _settings()
     deadline = time.time() + settings.predict_timeout_s
     uploads = read_uploads(request, max_images=settings.max_images_per_request)
-    service = _service()
-    card = service.model_card()
+    target = _router().resolve(model, version)
+    g.model, g.version = target.model, target.version
+    card = target.card
     top_k = _top_k(uploads.top_k, settings.default_top_k, card.num_labels)
     prepared = [_prepare(data, i, uploads, card) for i, data in enumerate(uploads.images)]
     arrays = [p for p in prepared if isinstance(p, np.ndarray)]
-    answers = iter(service.predict(arrays, top_k=top_k, deadline=deadline) if arrays else [])
+    service = _service()
+    answers = iter(
+        service.predict(target, arrays, top_k=top_k, deadline=deadline) if arrays else []
+    )
     outcomes = [next(answers) if isinstance(p, np.ndarray) else p for p in prepared]
     if not uploads.many:
         if isinstance(outcomes[0], APIError):
             raise outcomes[0]
-        return jsonify({"success": True, "predictions": _predictions(outcomes[0])})
-    return jsonify({"success": True, "results": [_entry(o) for o in outcomes]})
+        body: dict[str, Any] = {"success": True, "predictions": _predictions(outcomes[0])}
+    else:
+        body = {"success": True, "results": [_entry(o) for o in outcomes]}
+    body["model"] = {"name": target.model, "version": target.version}
+    return jsonify(body)
 
 
 def _prepare(data: bytes, index: int, uploads: Uploads, card: ModelCard) -> np.ndarray | APIError:

@@ -1,4 +1,5 @@
-// QueueNet demo page: pick, drop or paste an image; POST /predict; show the top-k labels.
+// QueueNet demo page: pick, drop or paste an image; POST /predict (or the model picked from
+// GET /models); show the top-k labels and which model version answered.
 // No dependencies and no request outside this origin (the page's CSP forbids it anyway).
 "use strict";
 
@@ -11,6 +12,7 @@
   const dropText = $("drop-text");
   const fileName = $("file-name");
   const topK = $("top-k");
+  const modelPicker = $("model");
   const apiKey = $("api-key");
   const submit = $("submit");
   const output = $("output");
@@ -32,6 +34,9 @@
     queue_full: "The service is busy",
     queue_unavailable: "The service cannot reach its queue",
     model_unavailable: "The model is not ready yet",
+    model_not_found: "This model is not served here",
+    model_version_not_found: "This model version is not served here",
+    wrong_model: "The image was prepared for another model version",
     prediction_timeout: "The prediction took too long",
     prediction_failed: "The model could not classify this image",
     invalid_input: "The model could not classify this image",
@@ -80,7 +85,7 @@
     errorBox.hidden = false;
   }
 
-  function showPredictions(predictions, elapsedMs) {
+  function showPredictions(predictions, elapsedMs, model) {
     const items = predictions.map((p) => {
       const item = document.createElement("li");
       item.className = "result";
@@ -107,7 +112,45 @@
       return item;
     });
     results.replaceChildren(...items);
-    status.textContent = `Answered in ${Math.round(elapsedMs)} ms`;
+    const by = model && model.name ? ` by ${model.name} version ${model.version}` : "";
+    status.textContent = `Answered${by} in ${Math.round(elapsedMs)} ms`;
+  }
+
+  // The picker's choices, from GET /models: each model (its serving version) and each of its
+  // versions. Without them (an old server, a key needed first) the default model still works.
+  function option(value, text) {
+    return Object.assign(document.createElement("option"), { value, textContent: text });
+  }
+
+  async function loadModels() {
+    const headers = {};
+    const key = apiKey.value.trim();
+    if (key) headers["X-API-Key"] = key;
+    let body = null;
+    try {
+      const response = await fetch("/models", { headers, cache: "no-store" });
+      if (response.ok) body = await response.json();
+    } catch (_) {
+      // unreachable or not JSON: keep what the picker offers
+    }
+    if (!body || !Array.isArray(body.models)) return;
+    const chosen = modelPicker.value;
+    const choices = [option("", body.default ? `the default model (${body.default})` : "the default model")];
+    for (const model of body.models) {
+      const group = Object.assign(document.createElement("optgroup"), { label: model.name });
+      const serving = model.serving ? ` (version ${model.serving})` : "";
+      group.append(option(`/models/${encodeURIComponent(model.name)}/predict`, `${model.name}${serving}`));
+      for (const v of model.versions || []) {
+        const state = v.ready ? "" : " – not ready";
+        group.append(option(
+          `/models/${encodeURIComponent(model.name)}/versions/${encodeURIComponent(v.version)}/predict`,
+          `${model.name} version ${v.version}${state}`,
+        ));
+      }
+      choices.push(group);
+    }
+    modelPicker.replaceChildren(...choices);
+    if (Array.from(modelPicker.options).some((o) => o.value === chosen)) modelPicker.value = chosen;
   }
 
   // The API's error body, or null when the answer is not the API's JSON (a proxy's page...).
@@ -156,7 +199,8 @@
     // Left at its default, top_k is not sent: the server then answers its own default,
     // capped at the model's number of labels (a model may have fewer than 5).
     const k = topK.value.trim();
-    const url = k && k !== topK.defaultValue ? `/predict?top_k=${encodeURIComponent(k)}` : "/predict";
+    const path = modelPicker.value || "/predict";
+    const url = k && k !== topK.defaultValue ? `${path}?top_k=${encodeURIComponent(k)}` : path;
 
     const started = performance.now();
     try {
@@ -168,7 +212,7 @@
         const data = await response.json();
         const elapsedMs = performance.now() - started;
         if (inFlight !== controller) return;
-        showPredictions(data.predictions || [], elapsedMs);
+        showPredictions(data.predictions || [], elapsedMs, data.model);
       } else {
         const [title, text, detail] = await describeFailure(response);
         if (inFlight !== controller) return;
@@ -225,6 +269,12 @@
     event.preventDefault();
     classify();
   });
+
+  modelPicker.addEventListener("change", () => {
+    if (current) classify();
+  });
+  apiKey.addEventListener("change", loadModels); // a key may be what GET /models needed
+  loadModels();
 
   // Drag and drop: anywhere on the page, highlighted over the drop zone.
   let depth = 0;

@@ -1,0 +1,127 @@
+"""Which model version answers a request: the catalog of models and versions, the routes
+(serving version, canary) and each version's model card, each reused for a short time.
+
+``POST /predict`` goes to the default model; ``/models/{name}/predict`` to the model's serving
+version (or, for its canary share, the canary); ``/models/{name}/versions/{v}/predict`` to that
+version. Unknown models and versions are 404s that name what exists.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from app.errors import ModelNotFoundError, ModelUnavailableError
+from app.redis_errors import RETRY_AFTER_S, redis_errors_as_503
+from protocol.keys import Keys, VersionKeys
+from protocol.messages import ModelCard
+from protocol.routing import Catalog, ModelDirectory
+from protocol.workers import WorkerRegistry
+
+logger = logging.getLogger(__name__)
+
+ROUTES_TTL_S = 0.5
+"""How long a web process reuses the catalog and routes it read: a promotion reaches every
+web process within this time (a draining worker waits longer, see worker.loop.DRAIN_QUIET_S)."""
+CARD_TTL_S = 1.0
+"""How long a web process reuses a version's model card (a worker checks every message against
+its own card anyway)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """The model version one request goes to, and the card that prepares its images."""
+
+    keys: VersionKeys
+    card: ModelCard
+
+    @property
+    def model(self) -> str:
+        return self.keys.model
+
+    @property
+    def version(self) -> str:
+        return self.keys.version
+
+
+class ModelRouter:
+    """Resolves requests to model versions for one web process (thread-safe)."""
+
+    def __init__(
+        self,
+        directory: ModelDirectory,
+        keys: Keys,
+        *,
+        default_model: str = "",
+        draw: Callable[[], float] | None = None,
+    ) -> None:
+        self.directory = directory
+        self.keys = keys
+        self.default_model = default_model
+        self._draw = draw
+        self._lock = threading.Lock()
+        self._catalog: tuple[float, Catalog] | None = None
+        self._cards: dict[VersionKeys, tuple[float, ModelCard]] = {}
+
+    def catalog(self) -> Catalog:
+        with self._lock:
+            cached = self._catalog
+        if cached is not None and time.monotonic() - cached[0] < ROUTES_TTL_S:
+            return cached[1]
+        with redis_errors_as_503():
+            catalog = self.directory.catalog()
+        with self._lock:
+            self._catalog = (time.monotonic(), catalog)
+        return catalog
+
+    def resolve(self, model: str | None = None, version: str | None = None) -> Target:
+        """The version a request for ``model`` (None: the default) and ``version`` (None: by
+        the model's route) goes to, with its model card."""
+        catalog = self.catalog()
+        name = model or self.default_model or catalog.default
+        if name is None:
+            raise ModelUnavailableError(
+                "no model is served yet: start a worker (queuenet worker) or wait for it to "
+                "finish loading",
+                retry_after_s=RETRY_AFTER_S,
+            )
+        if not catalog.has(name):
+            raise ModelNotFoundError(f"there is no model {name!r}; {catalog.describe()}")
+        if version is None:
+            route = catalog.routes.get(name)
+            if route is None:
+                raise ModelUnavailableError(
+                    f"model {name} has no serving version yet; promote one "
+                    f"(queuenet models promote {name} VERSION)",
+                    retry_after_s=RETRY_AFTER_S,
+                )
+            version = route.pick() if self._draw is None else route.pick(self._draw)
+        elif not catalog.has(name, version):
+            raise ModelNotFoundError(
+                f"there is no version {version!r} of {name}; its versions: "
+                f"{', '.join(catalog.versions[name])}",
+                code="model_version_not_found",
+            )
+        keys = self.keys.version(name, version)
+        return Target(keys, self.card(keys))
+
+    def card(self, keys: VersionKeys) -> ModelCard:
+        """The version's published model card, re-read at most every CARD_TTL_S seconds."""
+        with self._lock:
+            cached = self._cards.get(keys)
+        if cached is not None and time.monotonic() - cached[0] < CARD_TTL_S:
+            return cached[1]
+        with redis_errors_as_503():
+            card = WorkerRegistry(self.directory.client, keys).card()
+        if card is None:
+            raise ModelUnavailableError(
+                f"version {keys.version} of {keys.model} has no model card: no worker of it "
+                "has started yet, or Redis lost it (workers publish it again within seconds)",
+                retry_after_s=RETRY_AFTER_S,
+            )
+        with self._lock:
+            self._cards[keys] = (time.monotonic(), card)
+        return card
