@@ -3,7 +3,7 @@
 Speaks HTTP only (``requests``) and imports nothing from app/worker/protocol.
 """
 
-from client._client import DEFAULT_URL, Prediction, QueueNetClient
+from client._client import DEFAULT_URL, Classification, Prediction, QueueNetClient
 from client._exceptions import (
     APIError,
     ConnectError,
@@ -16,6 +16,7 @@ from client._exceptions import (
 __all__ = [
     "DEFAULT_URL",
     "APIError",
+    "Classification",
     "ConnectError",
     "PredictError",
     "Prediction",

@@ -77,9 +77,15 @@ class Progress:
                 self.stream.flush()
 
 
-def classify(client: QueueNetClient, path: str, top_k: int | None) -> Outcome:
+def classify(
+    client: QueueNetClient,
+    path: str,
+    top_k: int | None,
+    model: str | None = None,
+    version: str | None = None,
+) -> Outcome:
     try:
-        return Outcome(path, tuple(client.predict(path, top_k=top_k)))
+        return Outcome(path, tuple(client.predict(path, top_k=top_k, model=model, version=version)))
     except (PredictError, OSError) as exc:
         return Outcome(path, error=str(exc))
 
@@ -113,12 +119,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--url", default=os.environ.get("QUEUENET_URL", DEFAULT_URL), help="server base URL"
     )
     parser.add_argument("--top-k", type=int, default=None, help="labels per image (default 5)")
+    parser.add_argument("--model", help="the model to ask (default: the server's default model)")
+    parser.add_argument("--version", help="a version of --model (default: its serving version)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--concurrency", type=int, default=4, help="requests in flight")
     parser.add_argument("--timeout-s", type=float, default=30.0)
     parser.add_argument("--api-key", default=os.environ.get("QUEUENET_API_KEY"))
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    if args.version and not args.model:
+        parser.error("--version needs --model")
 
     files, missing = expand(args.paths)
     for target in missing:
@@ -128,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with QueueNetClient(args.url, timeout_s=args.timeout_s, api_key=args.api_key) as client:
 
         def one(path: str) -> Outcome:
-            outcome = classify(client, path, args.top_k)
+            outcome = classify(client, path, args.top_k, args.model, args.version)
             progress.step()
             return outcome
 

@@ -1,6 +1,7 @@
 """Post one image to QueueNet and print the ranked labels.
 
     python client/simple_request.py [IMAGE] [--url http://localhost:5000/predict] [--top-k 5]
+                                    [--model NAME]
 
 Prints ``1. tabby: 0.9312`` lines, or ``Request failed: <message>`` and exits with 1.
 Needs only ``requests``.
@@ -26,10 +27,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--top-k", type=int, default=5, help="how many labels (default 5)")
     parser.add_argument("--timeout-s", type=float, default=30.0, help="HTTP timeout in seconds")
+    parser.add_argument("--model", help="ask this model (default: the server's default model)")
     args = parser.parse_args(argv)
     url = args.url.rstrip("/")
-    if not url.endswith("/predict"):  # a base URL, as the other clients take, works too
-        url += "/predict"
+    if url.endswith("/predict"):
+        url = url[: -len("/predict")]
+    # A base URL, as the other clients take, works as well as the predict endpoint.
+    url += f"/models/{args.model}/predict" if args.model else "/predict"
 
     try:
         with open(args.image, "rb") as handle:

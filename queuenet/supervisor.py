@@ -30,7 +30,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
@@ -40,13 +40,23 @@ import redis
 
 from app.settings import AppSettings
 from protocol.connection import connect
-from protocol.keys import Keys
-from protocol.queue import Queue
-from protocol.settings import env_int
+from protocol.keys import Keys, VersionKeys
+from protocol.routing import ModelDirectory
+from protocol.settings import from_env
+from protocol.workers import WorkerRegistry
 from queuenet.embedded_redis import EmbeddedRedis, EmbeddedRedisError
 from queuenet.processes import child_preexec
 from queuenet.restart_policy import GiveUp, RestartPolicy
+from queuenet.supervisor_types import ServedModel
 from queuenet.web import gunicorn_command, listen
+from worker.settings import (
+    METRICS_PORT,
+    MODEL,
+    MODEL_NAME,
+    MODEL_VERSION,
+    WORKER_NAME,
+    WorkerSettings,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +88,8 @@ class Child:
     """Exit statuses that mean a restart cannot help, with what they mean."""
     after_exit: Callable[[], None] = lambda: None
     """Clean up after an unexpected exit, before the restart."""
+    detail: str = ""
+    """What this process serves, for the log."""
     process: subprocess.Popen[bytes] | None = None
     exits_at_s: list[float] = field(default_factory=list)
     restart_at_s: float | None = None
@@ -86,7 +98,8 @@ class Child:
     def spawn(self) -> None:
         self.process = self.start()
         self.restart_at_s = None
-        logger.info("started %s pid=%d", self.name, self.process.pid)
+        detail = f" {self.detail}" if self.detail else ""
+        logger.info("started %s pid=%d%s", self.name, self.process.pid, detail)
 
     def exited(self) -> int | None:
         """The exit status once the running process has exited, else None."""
@@ -101,18 +114,20 @@ class Supervisor:
         settings: AppSettings,
         env: dict[str, str],
         *,
+        models: Sequence[ServedModel],
         num_workers: int,
         policy: RestartPolicy | None = None,
     ) -> None:
         self.settings = settings
         self.env = env
+        self.models = list(models)
         self.num_workers = num_workers
         self.policy = policy or RestartPolicy()
         self.children: list[Child] = []
         self.redis: EmbeddedRedis | None = None
         self.listener: socket.socket | None = None
         self._stop = threading.Event()
-        self._queue: Queue | None = None
+        self._client: redis.Redis | None = None
         self._restarts: Any = None
 
     # --- the whole run ---------------------------------------------------------------------
@@ -159,25 +174,37 @@ class Supervisor:
         self.settings = replace(self.settings, redis=replace(self.settings.redis, url=server.url))
 
     def _start_children(self) -> None:
-        client = connect(self.settings.redis)
-        self._queue = Queue(client, Keys(self.settings.redis.namespace))
-        metrics_port = env_int(self.env, "METRICS_PORT", 0, minimum=0, maximum=65535)
-        for index in range(1, self.num_workers + 1):
-            env = dict(self.env)
-            env["QUEUENET_WORKER_NAME"] = f"{socket.gethostname()}-{self.settings.port}-w{index}"
-            if metrics_port:  # one port per worker on this machine
-                env["QUEUENET_METRICS_PORT"] = str(metrics_port + index - 1)
-            self._add(
-                Child(
-                    f"worker-{index}",
-                    self._popen([sys.executable, "-m", "worker"], env),
-                    fatal_exits={
-                        WORKER_CONFIG_ERROR: "a setting, the Redis credentials or the model "
-                        "is wrong (see its log above)"
-                    },
-                    after_exit=self._requeue_of(env["QUEUENET_WORKER_NAME"]),
+        self._client = connect(self.settings.redis)
+        keys = Keys(self.settings.redis.namespace)
+        try:  # the first model serves POST /predict
+            ModelDirectory(self._client, keys).set_default(self.models[0].name, known=False)
+        except redis.RedisError as exc:
+            logger.warning("could not set the default model yet: %s", exc)
+        metrics_port = from_env(WorkerSettings, self.env).metrics_port
+        index = 0
+        for model in self.models:
+            for _ in range(self.num_workers):
+                index += 1
+                env = dict(self.env)
+                env[WORKER_NAME.variable] = f"{socket.gethostname()}-{self.settings.port}-w{index}"
+                env[MODEL.variable] = model.spec
+                env[MODEL_NAME.variable] = model.name
+                env[MODEL_VERSION.variable] = model.version
+                if metrics_port:  # one port per worker on this machine
+                    env[METRICS_PORT.variable] = str(metrics_port + index - 1)
+                version = keys.version(model.name, model.version)
+                self._add(
+                    Child(
+                        f"worker-{index}",
+                        self._popen([sys.executable, "-m", "worker"], env),
+                        detail=f"model={model.name} version={model.version}",
+                        fatal_exits={
+                            WORKER_CONFIG_ERROR: "a setting, the Redis credentials or the model "
+                            "is wrong (see its log above)"
+                        },
+                        after_exit=self._requeue_of(version, env[WORKER_NAME.variable]),
+                    )
                 )
-            )
         assert self.listener is not None
         bind = f"fd://{self.listener.fileno()}"
         web = Child(
@@ -210,12 +237,12 @@ class Supervisor:
 
         return start
 
-    def _requeue_of(self, worker_name: str) -> Callable[[], None]:
+    def _requeue_of(self, keys: VersionKeys, worker_name: str) -> Callable[[], None]:
         def requeue() -> None:
-            if self._queue is None:
+            if self._client is None:
                 return
             try:
-                moved = self._queue.requeue(worker_name, force=True)
+                moved = WorkerRegistry(self._client, keys).requeue(worker_name, force=True)
             except redis.RedisError as exc:  # its restart takes them back instead
                 logger.warning("could not requeue the items of %s now: %s", worker_name, exc)
                 return
@@ -280,14 +307,20 @@ class Supervisor:
         return False
 
     def _is_ready(self) -> bool:
-        """A model card in Redis and a 200 from /healthz."""
-        if self._queue is None:
+        """A model card in Redis for every model served, and a 200 from /healthz."""
+        if self._client is None:
             return False
+        keys = Keys(self.settings.redis.namespace)
         try:
-            card = bool(self._queue.client.exists(self._queue.keys.model_card()))
+            cards = [
+                WorkerRegistry(self._client, keys.version(m.name, m.version)).card()
+                for m in self.models
+            ]
         except redis.RedisError:
             return False
-        return card and _answers(f"http://{self.settings.host}:{self.settings.port}/healthz")
+        if any(card is None for card in cards):
+            return False
+        return _answers(f"http://{self.settings.host}:{self.settings.port}/healthz")
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         logger.info("%s received: stopping", signal.Signals(signum).name)
