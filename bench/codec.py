@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from protocol.messages import PredictRequest, decode_request, encode_request
+from protocol.messages import VERSION, PredictRequest, decode_request, encode_request
 from worker.batching import decode_array
 
 SHAPE = (224, 224, 3)
@@ -41,7 +41,7 @@ def median_ms(fn: Callable[[], Any], rounds: int) -> float:
 
 def stdlib_encode(job_id: str, array: np.ndarray) -> bytes:
     body = {
-        "v": 1,
+        "v": VERSION,
         "id": job_id,
         "shape": list(array.shape),
         "dtype": "uint8",
@@ -50,6 +50,9 @@ def stdlib_encode(job_id: str, array: np.ndarray) -> bytes:
         "deadline": 1e10,
         "attempts": 0,
         "enqueued": 1e9,
+        "model": "m",
+        "version": "1",
+        "card": "c",
     }
     return json.dumps(body, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
@@ -61,7 +64,9 @@ def stdlib_decode(raw: bytes) -> np.ndarray:
 
 
 def ours_encode(job_id: str, array: np.ndarray) -> bytes:
-    request = PredictRequest.from_array(job_id, array, top_k=5, deadline=1e10, enqueued=1e9)
+    request = PredictRequest.from_array(
+        job_id, array, top_k=5, deadline=1e10, enqueued=1e9, model="m", version="1", card="c"
+    )
     return encode_request(request)
 
 

@@ -63,14 +63,15 @@ def quantile(values: list[float], q: float) -> float:
 
 
 def scrape_batches(metrics_urls: list[str]) -> tuple[float, float]:
-    """(images, batches) the workers behind ``metrics_urls`` have predicted so far."""
+    """(images, batches) the workers behind ``metrics_urls`` have predicted so far (every
+    model version they serve)."""
     images = batches = 0.0
     for url in metrics_urls:
         with urllib.request.urlopen(url, timeout=5) as response:
             text = response.read().decode()
         for name in ("queuenet_worker_batch_size_sum", "queuenet_worker_batch_size_count"):
-            match = re.search(rf"^{name} (\S+)$", text, flags=re.M)
-            value = float(match.group(1)) if match else 0.0
+            found = re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, flags=re.M)
+            value = sum(float(v) for v in found)
             if name.endswith("_sum"):
                 images += value
             else:

@@ -34,11 +34,13 @@ from typing import Any
 import numpy as np
 import redis
 
+from protocol.inspection import Inspector
 from protocol.keys import Keys
 from protocol.messages import PredictRequest, encode_request
 from protocol.queue import Answer, Queue
+from protocol.workers import WorkerRegistry
 
-RESULT = b'{"v":1,"ok":true,"predictions":[' + b'{"label":"tabby","probability":0.5},' * 5 + b"]}"
+RESULT = b'{"v":2,"ok":true,"predictions":[' + b'{"label":"tabby","probability":0.5},' * 5 + b"]}"
 OWNER = "bench-owner"
 
 # The baseline: the scripts of the queue before the message left Lua (see git history of
@@ -93,7 +95,7 @@ def shipped_cycle(queue: Queue, raw: bytes, job_id: str) -> None:
     claimed = queue.block_claim("bench", 32, block_timeout_s=1.0, batch_wait_s=0.0, busy=False)
     answers = [Answer(claimed[0], job_id, RESULT)]
     queue.answer("bench", claimed, answers, owner_token=OWNER, result_ttl_s=60)
-    queue.client.blpop([queue.keys.result(job_id)], timeout=1)
+    queue.wait_result(job_id, 1.0)
 
 
 def baseline_cycle(queue: Queue, scripts: dict[str, Any], raw: bytes, job_id: str) -> None:
@@ -102,13 +104,14 @@ def baseline_cycle(queue: Queue, scripts: dict[str, Any], raw: bytes, job_id: st
     queue.client.blmove(keys.queue(), keys.processing("bench"), 1, "LEFT", "RIGHT")
     scripts["claim"](keys=[keys.queue(), keys.processing("bench")], args=[31])
     scripts["ack"](keys=[keys.processing("bench"), keys.result(job_id)], args=[raw[:64], RESULT])
-    queue.client.blpop([keys.result(job_id)], timeout=1)
+    queue.wait_result(job_id, 1.0)
 
 
 def measure(url: str, requests: int, rounds: int) -> Figures:
     client = redis.Redis.from_url(url)
-    queue = Queue(client, Keys(f"bench-{uuid.uuid4().hex[:8]}"))
-    queue.take_over("bench", OWNER)
+    keys = Keys(f"bench-{uuid.uuid4().hex[:8]}")
+    queue = Queue(client, keys.version("bench", "1"))
+    WorkerRegistry(client, queue.keys).take_over("bench", OWNER)
     scripts = {
         "push": client.register_script(LUA_PUSH),
         "claim": client.register_script(LUA_CLAIM),
@@ -133,8 +136,7 @@ def measure(url: str, requests: int, rounds: int) -> Figures:
             cycle()
             trips[name].append((time.perf_counter() - started) * 1000)
         cpu[name].append((redis_cpu_s(client) - before) / per_round * 1e6)
-    for key in client.scan_iter(f"{queue.keys.namespace}:*"):
-        client.delete(key)
+    Inspector(client, keys).delete_all()
     version = str(client.info("server")["redis_version"])
     return Figures(
         redis=f"{version} at {url.split('?')[0]}",

@@ -32,6 +32,8 @@ from pathlib import Path
 import redis
 import requests
 
+from protocol.inspection import Inspector
+from protocol.keys import Keys
 from queuenet.embedded_redis import EmbeddedRedis
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,8 +105,11 @@ class Cluster:
                 raise RuntimeError("the service did not start; see processes.log")
             time.sleep(0.2)  # start-up only
 
+    def inspector(self) -> Inspector:
+        return Inspector(self.client(), Keys(NAMESPACE))
+
     def _workers_up(self) -> int:
-        return sum(1 for _ in self.client().scan_iter(match=f"{NAMESPACE}:worker:*"))
+        return self.inspector().heartbeats()
 
     def _serves(self) -> bool:
         try:
@@ -173,23 +178,13 @@ def memory_bytes(cluster: Cluster) -> tuple[int, int]:
 
 
 def work_keys(cluster: Cluster) -> int:
-    """Keys that hold work or answers (queue, processing lists, results); 0 when all is done.
-    The model card, the workers set, heartbeats and owner tokens are the service's own state."""
-    own = {f"{NAMESPACE}:model", f"{NAMESPACE}:workers"}
-    return sum(
-        1
-        for key in cluster.client().scan_iter(match=f"{NAMESPACE}:*", count=1000)
-        if key.decode() not in own
-        and not key.decode().startswith((f"{NAMESPACE}:worker:", f"{NAMESPACE}:owner:"))
-    )
+    """Items and answers in flight (queues, processing lists, unread results); 0 when all is
+    done. Model cards, worker sets, heartbeats and owner tokens are the service's own state."""
+    return cluster.inspector().footprint().work
 
 
 def leftover_results(cluster: Cluster) -> list[str]:
-    prefix = f"{NAMESPACE}:result:"
-    return [
-        key.decode()[len(prefix) :]
-        for key in cluster.client().scan_iter(match=f"{prefix}*", count=1000)
-    ]
+    return cluster.inspector().result_job_ids()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -228,10 +223,7 @@ def run(args: argparse.Namespace) -> int:
         duplicated = len(set(leftover_results(cluster)) - late)
         time.sleep(args.result_ttl_s + 1)
         memory_after, keys_after = memory_bytes(cluster), work_keys(cluster)
-        processing = sum(
-            int(cluster.client().llen(k))
-            for k in cluster.client().scan_iter(match=f"{NAMESPACE}:processing:*")
-        )
+        processing = cluster.inspector().footprint().held
         cluster.stop()
     answered = sum(tally.statuses.values())
     # No key may hold work or answers any more, and the data must be back to its size: 10 %

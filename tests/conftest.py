@@ -16,10 +16,13 @@ import redis
 
 from app import create_app
 from app.settings import AppSettings
-from protocol.keys import Keys
-from protocol.messages import ModelCard, encode_model_card
+from protocol.inspection import Inspector
+from protocol.keys import Keys, VersionKeys
+from protocol.messages import ModelCard
 from protocol.queue import Queue
+from protocol.routing import ModelDirectory
 from protocol.settings import RedisSettings
+from protocol.workers import WorkerRegistry
 from queuenet.embedded_redis import EmbeddedRedis
 from tests.helpers import free_port, wait_until
 from tests.live import LiveService
@@ -31,6 +34,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 TINY_SIZE = 8
 TINY_LABELS = ("red", "green", "blue", "grey")
+TINY_NAME = "tiny"
+TINY_VERSION = "1"
 
 
 @pytest.fixture(scope="session")
@@ -52,9 +57,7 @@ def redis_settings(redis_url: str) -> Iterator[RedisSettings]:
     settings = RedisSettings(url=redis_url, namespace=f"test-{uuid.uuid4().hex[:12]}")
     yield settings
     client = redis.Redis.from_url(redis_url)
-    keys = list(client.scan_iter(match=f"{settings.namespace}:*", count=1000))
-    if keys:
-        client.delete(*keys)
+    Inspector(client, Keys(settings.namespace)).delete_all()
     client.close()
 
 
@@ -71,25 +74,48 @@ def keys(redis_settings: RedisSettings) -> Keys:
 
 
 @pytest.fixture
-def queue(rclient: redis.Redis, keys: Keys) -> Queue:
-    return Queue(rclient, keys)
+def version_keys(keys: Keys) -> VersionKeys:
+    """The keys of the tiny model's version, which the worker fixtures serve."""
+    return keys.version(TINY_NAME, TINY_VERSION)
+
+
+@pytest.fixture
+def queue(rclient: redis.Redis, version_keys: VersionKeys) -> Queue:
+    return Queue(rclient, version_keys)
+
+
+@pytest.fixture
+def registry(rclient: redis.Redis, version_keys: VersionKeys) -> WorkerRegistry:
+    return WorkerRegistry(rclient, version_keys)
+
+
+@pytest.fixture
+def directory(rclient: redis.Redis, keys: Keys) -> ModelDirectory:
+    return ModelDirectory(rclient, keys)
+
+
+@pytest.fixture
+def inspector(rclient: redis.Redis, keys: Keys) -> Inspector:
+    return Inspector(rclient, keys)
 
 
 @pytest.fixture
 def publish_card(rclient: redis.Redis, keys: Keys) -> Callable[[ModelCard], None]:
-    """Publish a model card in the test's namespace, as a worker does at start."""
+    """Publish a model card in the test's namespace and announce its version, as a worker
+    does at start (no worker runs: requests wait in the queue)."""
 
     def publish(card: ModelCard) -> None:
-        rclient.set(keys.model_card(), encode_model_card(card))
+        WorkerRegistry(rclient, keys.version(card.name, card.version)).publish_card(card)
+        ModelDirectory(rclient, keys).announce(card.name, card.version)
 
     return publish
 
 
-def build_tiny_keras_model() -> object:
+def build_tiny_keras_model(size: int = TINY_SIZE) -> object:
     """A real Keras model: mean colour of the image -> softmax over 4 colour classes."""
     import keras
 
-    inputs = keras.Input(shape=(TINY_SIZE, TINY_SIZE, 3), dtype="float32")
+    inputs = keras.Input(shape=(size, size, 3), dtype="float32")
     pooled = keras.layers.GlobalAveragePooling2D()(inputs)
     scaled = keras.layers.Rescaling(1.0 / 255.0)(pooled)
     outputs = keras.layers.Dense(len(TINY_LABELS), activation="softmax")(scaled)
@@ -105,20 +131,47 @@ def build_tiny_keras_model() -> object:
 def tiny_model() -> LoadedModel:
     from worker.model import KerasPredictor
 
-    card = ModelCard(name="tiny", version="1", input_size=TINY_SIZE, num_labels=len(TINY_LABELS))
+    card = ModelCard(
+        name=TINY_NAME,
+        version=TINY_VERSION,
+        input_size=TINY_SIZE,
+        num_labels=len(TINY_LABELS),
+        fingerprint="tiny-colours",
+    )
     predictor = KerasPredictor(build_tiny_keras_model(), input_size=TINY_SIZE)
     return LoadedModel(predictor=predictor, labels=TINY_LABELS, card=card)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_v2() -> LoadedModel:
+    """Version 2 of the tiny model: another input size (6) and its labels in capitals, so an
+    answer says which version gave it."""
+    from worker.model import KerasPredictor
+
+    card = ModelCard(
+        name=TINY_NAME,
+        version="2",
+        input_size=6,
+        num_labels=len(TINY_LABELS),
+        fingerprint="tiny-colours-6px",
+    )
+    predictor = KerasPredictor(build_tiny_keras_model(6), input_size=6)
+    labels = tuple(label.upper() for label in TINY_LABELS)
+    return LoadedModel(predictor=predictor, labels=labels, card=card)
 
 
 @pytest.fixture
 def worker_settings(redis_settings: RedisSettings) -> WorkerSettings:
     return WorkerSettings(
         redis=redis_settings,
+        model_name=TINY_NAME,
+        model_version=TINY_VERSION,
         worker_name=f"w-{uuid.uuid4().hex[:6]}",
         batch_size=8,
         batch_wait_ms=2.0,
         block_timeout_s=0.05,
         heartbeat_ttl_s=2,
+        drain_timeout_s=0.0,  # stop after the batch in hand; tests/test_models.py drains
     )
 
 
@@ -128,8 +181,17 @@ def make_worker(
 ) -> Callable[..., Worker]:
     def factory(model: LoadedModel | None = None, **overrides: object) -> Worker:
         settings = dataclasses.replace(worker_settings, **overrides)  # type: ignore[arg-type]
+        model = model or tiny_model
         client = redis.Redis.from_url(redis_settings.url)
-        return Worker(Queue(client, Keys(redis_settings.namespace)), model or tiny_model, settings)
+        keys = Keys(redis_settings.namespace)
+        version = keys.version(model.card.name, model.card.version)
+        return Worker(
+            Queue(client, version),
+            WorkerRegistry(client, version),
+            ModelDirectory(client, keys),
+            model,
+            settings,
+        )
 
     return factory
 
@@ -140,8 +202,7 @@ def running_worker(make_worker: Callable[..., Worker]) -> Iterator[Worker]:
     worker = make_worker()
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
-    card_key = worker.queue.keys.model_card()
-    wait_until(lambda: bool(worker.queue.client.exists(card_key)), 10, "the model card")
+    wait_until(lambda: worker.registry.card() is not None, 10, "the model card")
     yield worker
     worker.request_stop()
     thread.join(timeout=10)
@@ -184,6 +245,14 @@ def tiny_model_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pa
     return model_path, labels_path
 
 
+@pytest.fixture(scope="session")
+def tiny6_model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model on a 6 px input, saved as .keras (its labels: the tiny model's file)."""
+    path = tmp_path_factory.mktemp("tiny6-model") / "tiny6.keras"
+    build_tiny_keras_model(6).save(path)  # type: ignore[attr-defined]
+    return path
+
+
 @pytest.fixture
 def live(
     redis_url: str, tiny_model_files: tuple[Path, Path], tmp_path: Path
@@ -204,4 +273,4 @@ def lite0(model_cache: Path) -> LoadedModel:
     """The default model in this process; builds the .keras cache that workers then load."""
     from worker.registry import load_model
 
-    return load_model("efficientnet-lite0", cache_dir=model_cache)
+    return load_model("efficientnet-lite0", cache_dir=model_cache).named("efficientnet-lite0", "1")

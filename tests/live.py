@@ -13,8 +13,13 @@ from pathlib import Path
 import redis
 import requests
 
+from protocol.inspection import Inspector
+from protocol.keys import Keys
+from protocol.queue import Queue
+from protocol.workers import WorkerRegistry
 from queuenet.embedded_redis import EmbeddedRedis
 from tests.helpers import free_port, python_env, spawn, stop, wait_until
+from worker.settings import WorkerSettings
 
 
 @dataclass
@@ -53,17 +58,43 @@ class LiveService:
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.redis_url)
 
-    def start_worker(self, *, wait: bool = True, **extra: str) -> subprocess.Popen[bytes]:
+    @property
+    def keys(self) -> Keys:
+        return Keys(self.namespace)
+
+    def registry(self, model: str = "tiny", version: str = "1") -> WorkerRegistry:
+        """The worker registry of a model version (the tiny model's by default)."""
+        return WorkerRegistry(self.client, self.keys.version(model, version))
+
+    def queue(self, model: str = "tiny", version: str = "1") -> Queue:
+        return Queue(self.client, self.keys.version(model, version))
+
+    def inspector(self) -> Inspector:
+        return Inspector(self.client, self.keys)
+
+    def start_worker(
+        self,
+        *,
+        wait: bool = True,
+        model: str | None = None,
+        version: str | None = None,
+        **extra: str,
+    ) -> subprocess.Popen[bytes]:
+        """A worker process, waited for (``wait``) in the registry of the model version it
+        serves (by default the one its environment names)."""
         name = f"worker-{uuid.uuid4().hex[:6]}"
-        process = spawn(
-            ["-m", "worker"], self.env(QUEUENET_WORKER_NAME=name, **extra), self.log(name)
-        )
+        env = self.env(QUEUENET_WORKER_NAME=name, **extra)
+        settings = WorkerSettings.from_env(env)
+        process = spawn(["-m", "worker"], env, self.log(name))
         process.name = name  # type: ignore[attr-defined]
         self.workers.append(process)
         if wait:
-            key = f"{self.namespace}:worker:{name}"
-            client = self.client
-            wait_until(lambda: bool(client.exists(key)) or process.poll() is not None, 120, name)
+            registry = self.registry(
+                model or settings.model_name, version or settings.model_version
+            )
+            wait_until(
+                lambda: name in registry.live_workers() or process.poll() is not None, 120, name
+            )
             assert process.poll() is None, self.logs()
         return process
 
@@ -97,12 +128,19 @@ class LiveService:
             for p in sorted(self.workdir.glob("*.log"))
         )
 
-    def wait_until_holding(self, worker: subprocess.Popen[bytes], timeout_s: float = 60) -> int:
+    def wait_until_holding(
+        self,
+        worker: subprocess.Popen[bytes],
+        timeout_s: float = 60,
+        *,
+        model: str = "tiny",
+        version: str = "1",
+    ) -> int:
         """Wait until ``worker`` holds a claimed batch; returns how many items it holds."""
-        key = f"{self.namespace}:processing:{worker.name}"  # type: ignore[attr-defined]
-        client = self.client
-        wait_until(lambda: int(client.llen(key)) > 0, timeout_s, f"{key} to hold a batch")
-        return int(client.llen(key))
+        name = worker.name  # type: ignore[attr-defined]
+        registry = self.registry(model, version)
+        wait_until(lambda: registry.held(name) > 0, timeout_s, f"{name} to hold a batch")
+        return registry.held(name)
 
     def close(self) -> None:
         for process, _ in self.webs:

@@ -9,8 +9,9 @@ from flask.testing import FlaskClient
 
 from app import create_app
 from app.settings import AppSettings
+from protocol.queue import Queue
 from protocol.settings import RedisSettings
-from tests.helpers import free_port, image_bytes
+from tests.helpers import free_port, image_bytes, wait_until
 from worker.loop import Worker
 
 
@@ -137,16 +138,17 @@ def test_json_images_with_a_data_url_and_a_bad_one(
 
 
 def test_multi_image_request_is_queued_whole_or_not_at_all(
-    redis_settings: RedisSettings, running_worker: Worker
+    redis_settings: RedisSettings, running_worker: Worker, queue: Queue
 ) -> None:
     client = create_app(AppSettings(redis=redis_settings, max_queue=2)).test_client()
     running_worker.request_stop()  # nothing drains the queue now
+    wait_until(lambda: running_worker.registry.live_workers() == [], 10, "the worker to stop")
     png = solid_png((1, 2, 3))
     response = client.post(
         "/predict", data={"image": [(io.BytesIO(png), f"{i}.png") for i in range(3)]}
     )
-    assert_error(response, 503, "queue_full")
-    assert client.application.extensions["redis"].llen(f"{redis_settings.namespace}:queue") == 0
+    assert_error(response, 503, "queue_full", "queue of tiny version 1 is full")
+    assert queue.depth() == 0
 
 
 def test_body_over_limit_is_413(client: FlaskClient, app_settings: AppSettings) -> None:
@@ -168,21 +170,25 @@ def test_pixel_limit(redis_settings: RedisSettings, running_worker: Worker) -> N
     assert_error(response, 400, "invalid_image", "2500 pixels", "limit of 1000")
 
 
-def test_no_model_card_is_503(client: FlaskClient) -> None:
+def test_no_model_yet_is_503(client: FlaskClient) -> None:
     response = post_image(client, solid_png((1, 2, 3)))
-    assert_error(response, 503, "model_unavailable", "model card")
+    assert_error(response, 503, "model_unavailable", "no model is served yet")
+    assert response.headers["Retry-After"] == "1"
+
+
+def test_no_model_card_is_503(client: FlaskClient, directory) -> None:
+    directory.announce("tiny", "1")  # a version is known, but its card is gone (Redis lost it)
+    response = post_image(client, solid_png((1, 2, 3)))
+    assert_error(response, 503, "model_unavailable", "no model card")
     assert response.headers["Retry-After"] == "1"
 
 
 def test_no_worker_answers_504_within_deadline(
-    redis_settings: RedisSettings, tiny_model, rclient
+    redis_settings: RedisSettings, tiny_model, publish_card
 ) -> None:
     import time
 
-    from protocol.keys import Keys
-    from protocol.messages import encode_model_card
-
-    rclient.set(Keys(redis_settings.namespace).model_card(), encode_model_card(tiny_model.card))
+    publish_card(tiny_model.card)
     client = create_app(AppSettings(redis=redis_settings, predict_timeout_s=0.5)).test_client()
     started = time.monotonic()
     response = post_image(client, solid_png((1, 2, 3)))

@@ -45,7 +45,7 @@ CHROMIUM_ARGS = [
 SCREENSHOT = ROOT / "docs" / "demo.png"
 CAT_LABELS = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat"}
 KEY = "demo-page-key-0123456789"
-TIMING = re.compile(r"Answered in \d+ ms")
+TIMING = re.compile(r"Answered by \S+ version \S+ in \d+ ms")
 
 
 def solid_png(colour: tuple[int, int, int], size: tuple[int, int] = (24, 24)) -> bytes:
@@ -171,12 +171,21 @@ class TinyService:
 
 @pytest.fixture(scope="module")
 def tiny(
-    redis_url: str, tiny_model_files: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+    redis_url: str,
+    tiny_model_files: tuple[Path, Path],
+    tiny6_model_file: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[TinyService]:
-    """One worker with the 4-colour model, an open gunicorn and one that wants ``KEY``."""
+    """Workers of two versions of the 4-colour model (1 serves), an open gunicorn and one that
+    wants ``KEY``."""
     live = LiveService(redis_url, tmp_path_factory.mktemp("demo-live"), *tiny_model_files)
     try:
         live.start_worker()
+        live.start_worker(
+            QUEUENET_MODEL=str(tiny6_model_file),
+            QUEUENET_MODEL_NAME="tiny",
+            QUEUENET_MODEL_VERSION="2",
+        )
         yield TinyService(live, live.start_web(), live.start_web(QUEUENET_API_KEYS=KEY))
     finally:
         live.close()
@@ -258,6 +267,39 @@ def test_top_k_a_bad_top_k_and_the_keyboard(tab: Tab, tiny: TinyService, tmp_pat
     expect(error).to_contain_text("The request was not accepted: top_k must be a whole number")
     expect(page.locator("#results li")).to_have_count(0)
     tab.assert_only_local()
+
+
+def test_the_model_picker_lists_each_model_version_and_uses_it(
+    tab: Tab, tiny: TinyService, tmp_path: Path
+) -> None:
+    red = tmp_path / "red.png"
+    red.write_bytes(solid_png((240, 10, 10)))
+    page = tab.page
+    tab.open(tiny.url)
+    picker = page.locator("#model")
+    expect(picker.locator("option")).to_have_count(4)
+    assert picker.locator("option").all_inner_texts() == [
+        "the default model (tiny)",
+        "tiny (version 1)",
+        "tiny version 1",
+        "tiny version 2",
+    ]
+    tab.upload(red)
+    expect(page.locator("#status")).to_have_text(re.compile(r"Answered by tiny version 1 in"))
+    picker.select_option(label="tiny version 2")  # a change re-classifies the image
+    expect(page.locator("#status")).to_have_text(re.compile(r"Answered by tiny version 2 in"))
+    assert tab.results()[0] == "red"
+    tab.assert_only_local()
+
+
+def test_the_model_picker_waits_for_the_api_key(tab: Tab, tiny: TinyService) -> None:
+    """Behind API keys, GET /models needs the key: the picker fills once one is typed."""
+    page = tab.page
+    tab.open(tiny.keyed_url)
+    expect(page.locator("#model option")).to_have_count(1)
+    page.fill("#api-key", KEY)
+    page.locator("#api-key").dispatch_event("change")
+    expect(page.locator("#model option")).to_have_count(4)
 
 
 DROP_AND_PASTE = """async ([kind, encoded]) => {

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import redis
 from flask.testing import FlaskClient
 
 from app.settings import AppSettings
+from protocol.keys import Keys
 from protocol.messages import decode_request
 from protocol.queue import Queue
 from protocol.settings import RedisSettings
@@ -57,9 +59,16 @@ def queued_input(client: FlaskClient, queue: Queue, data: bytes) -> np.ndarray:
 
 @pytest.mark.parametrize("photo", PHOTOS)
 def test_queued_input_is_the_reference_preprocessing(
-    photo: str, client: FlaskClient, queue: Queue, publish_card, lite0: LoadedModel, data_dir: Path
+    photo: str,
+    client: FlaskClient,
+    rclient: redis.Redis,
+    keys: Keys,
+    publish_card,
+    lite0: LoadedModel,
+    data_dir: Path,
 ) -> None:
     publish_card(lite0.card)
+    queue = Queue(rclient, keys.version(lite0.card.name, lite0.card.version))
     data = (data_dir / photo).read_bytes()
     served = queued_input(client, queue, data)
     expected = reference_input(data, lite0.card.input_size)

@@ -41,6 +41,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from app.preprocess import ImageDecodeError, decode_image, image_to_input
+from protocol.inspection import Inspector
 from protocol.keys import Keys
 from protocol.messages import (
     RESAMPLE_FILTERS,
@@ -50,6 +51,7 @@ from protocol.messages import (
     decode_result,
     encode_request,
 )
+from protocol.queue import Queue
 from tests.conftest import TINY_LABELS, TINY_SIZE
 from tests.helpers import image_bytes, png_header_only, wait_until
 from tests.live import LiveService
@@ -81,9 +83,7 @@ def live_service(
 
 def _delete_namespace(redis_url: str, namespace: str) -> None:
     client = redis.Redis.from_url(redis_url)
-    keys = list(client.scan_iter(match=f"{namespace}:*", count=1000))
-    if keys:
-        client.delete(*keys)
+    Inspector(client, Keys(namespace)).delete_all()
     client.close()
 
 
@@ -828,9 +828,20 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
-def valid_request(colour: tuple[int, int, int], job_id: str, **fields: Any) -> dict[str, Any]:
+def valid_request(
+    colour: tuple[int, int, int], job_id: str, model_card: ModelCard, **fields: Any
+) -> dict[str, Any]:
+    """A message as the web tier makes it for ``card``, with ``fields`` changed."""
     array = np.full((TINY_SIZE, TINY_SIZE, 3), colour, dtype=np.uint8)
-    request = PredictRequest.from_array(job_id, array, top_k=4, deadline=time.time() + 30)
+    request = PredictRequest.from_array(
+        job_id,
+        array,
+        top_k=4,
+        deadline=time.time() + 30,
+        model=model_card.name,
+        version=model_card.version,
+        card=model_card.fingerprint,
+    )
     return json.loads(encode_request(request)) | fields  # type: ignore[no-any-return]
 
 
@@ -838,12 +849,13 @@ def as_raw(obj: object) -> bytes:
     return json.dumps(obj).encode()
 
 
-def hostile_messages() -> list[Message]:
+def hostile_messages(card: ModelCard) -> list[Message]:
     out: list[Message] = []
 
     def add(name: str, code: str, words: str, **fields: Any) -> None:
         job_id = new_id()
-        out.append(Message(name, as_raw(valid_request(RED, job_id, **fields)), job_id, code, words))
+        raw = as_raw(valid_request(RED, job_id, card, **fields))
+        out.append(Message(name, raw, job_id, code, words))
 
     size = TINY_SIZE * TINY_SIZE * 3
     add("huge shape", "invalid_input", r"shape must be \[8, 8, 3\]", shape=[100_000, 100_000, 3])
@@ -866,10 +878,13 @@ def hostile_messages() -> list[Message]:
     add("shape of floats", "invalid_message", "shape must be a list", shape=[8.0, 8, 3])
     add("data not a string", "invalid_message", "data must be a str", data=[1, 2, 3])
     add("deadline a string", "invalid_message", "deadline must be a finite number", deadline="x")
-    add("unknown version", "invalid_message", "unsupported message version 2", v=2)
+    add("unknown version", "invalid_message", "unsupported message version 3", v=3)
     add("no version", "invalid_message", "unsupported message version None", v=None)
+    add("another model", "wrong_model", "prepared for other version 1", model="other")
+    add("another model version", "wrong_model", "prepared for tiny version 9", version="9")
+    add("another model card", "wrong_model", "model card 'old-card'", card="old-card")
     job_id = new_id()
-    without_data = {k: v for k, v in valid_request(RED, job_id).items() if k != "data"}
+    without_data = {k: v for k, v in valid_request(RED, job_id, card).items() if k != "data"}
     out.append(
         Message(
             "missing data", as_raw(without_data), job_id, "invalid_message", "'data' is missing"
@@ -880,74 +895,73 @@ def hostile_messages() -> list[Message]:
         Message("json string", b'"hello"', None),
         Message("garbage bytes", b"\xff\xfe\x00\x81garbage\x00", None),
         Message("empty", b"", None),
-        Message("id not uuid hex", as_raw(valid_request(RED, "../../etc/passwd")), None),
+        Message("id not uuid hex", as_raw(valid_request(RED, "../../etc/passwd", card)), None),
     ]
     return out
 
 
-def push(client: redis.Redis, keys: Keys, *raws: bytes) -> None:
-    client.rpush(keys.queue(), *raws)
+def push(queue: Queue, *raws: bytes) -> None:
+    assert queue.push(list(raws), max_queue=10**9)
 
 
-def result_of(client: redis.Redis, keys: Keys, job_id: str, timeout_s: float = 10) -> Any:
-    popped = client.blpop([keys.result(job_id)], timeout=timeout_s)
-    assert popped is not None, f"no result for job {job_id} within {timeout_s}s"
-    return decode_result(popped[1])
+def result_of(queue: Queue, job_id: str, timeout_s: float = 10) -> Any:
+    raw = queue.wait_result(job_id, timeout_s)
+    assert raw is not None, f"no result for job {job_id} within {timeout_s}s"
+    return decode_result(raw)
 
 
 def test_hostile_queue_messages_get_error_results(live_service: LiveService) -> None:
-    client, keys = live_service.client, Keys(live_service.namespace)
+    queue, registry = live_service.queue(), live_service.registry()
+    card = registry.card()
+    assert card is not None
     worker = live_service.workers[0]
     first, last = new_id(), new_id()
-    messages = hostile_messages()
+    messages = hostile_messages(card)
     push(
-        client,
-        keys,
-        as_raw(valid_request(RED, first)),
+        queue,
+        as_raw(valid_request(RED, first, card)),
         *(m.raw for m in messages),
-        as_raw(valid_request(BLUE, last)),
+        as_raw(valid_request(BLUE, last, card)),
     )
     for job_id, label in ((first, "red"), (last, "blue")):
-        result = result_of(client, keys, job_id)
+        result = result_of(queue, job_id)
         assert result.ok and len(result.predictions) == 4, result
         assert result.predictions[0].label == label
     for message in messages:
         if message.job_id is None:
             continue
-        result = result_of(client, keys, message.job_id)
+        result = result_of(queue, message.job_id)
         assert not result.ok, (message.name, result)
         assert result.error_code == message.code, (message.name, result)
         assert re.search(message.words, result.error_message), (message.name, result)
-    processing = keys.processing(worker.name)  # type: ignore[attr-defined]
-    wait_until(lambda: client.llen(processing) == 0, 10, "the processing list to empty")
-    assert client.llen(keys.queue()) == 0
+    name = worker.name  # type: ignore[attr-defined]
+    wait_until(lambda: registry.held(name) == 0, 10, "the processing list to empty")
+    assert queue.depth() == 0
     assert worker.poll() is None, live_service.logs()
-    client.close()
 
 
 def test_huge_shape_allocates_nothing(live_service: LiveService) -> None:
     """The shape is checked against the model card before anything is decoded."""
-    client, keys = live_service.client, Keys(live_service.namespace)
+    queue, card = live_service.queue(), live_service.registry().card()
+    assert card is not None
     worker = live_service.workers[0]
     warm = new_id()
-    push(client, keys, as_raw(valid_request(GREEN, warm)))
-    assert result_of(client, keys, warm).ok
+    push(queue, as_raw(valid_request(GREEN, warm, card)))
+    assert result_of(queue, warm).ok
     before = rss_bytes(worker.pid)
     shapes = [[100_000, 100_000, 3], [2**31 - 1, 2**31 - 1, 3], [10**18, 10**18, 3], [10**9]]
     ids = [new_id() for _ in shapes]
     push(
-        client,
-        keys,
-        *(as_raw(valid_request(RED, i, shape=s)) for i, s in zip(ids, shapes, strict=True)),
+        queue,
+        *(as_raw(valid_request(RED, i, card, shape=s)) for i, s in zip(ids, shapes, strict=True)),
     )
     for job_id in ids:
-        result = result_of(client, keys, job_id)
+        result = result_of(queue, job_id)
         assert not result.ok and result.error_code == "invalid_input", result
         assert "shape must be [8, 8, 3]" in result.error_message
     growth = rss_bytes(worker.pid) - before
     assert growth < 50 * 1024 * 1024, f"worker RSS grew by {growth / 2**20:.1f} MiB"
     assert worker.poll() is None, live_service.logs()
-    client.close()
 
 
 def test_deeply_nested_json_is_answered_and_acknowledged(
@@ -957,10 +971,12 @@ def test_deeply_nested_json_is_answered_and_acknowledged(
     service = LiveService(redis_url, tmp_path, *tiny_model_files)
     try:
         worker = service.start_worker()
-        client, keys = service.client, Keys(service.namespace)
+        queue, registry = service.queue(), service.registry()
+        card = registry.card()
+        assert card is not None
         nested, first, last = new_id(), new_id(), new_id()
         poison = (
-            b'{"v": 1, "id": "'
+            b'{"v": 2, "id": "'
             + nested.encode()
             + b'", "x": '
             + b"[" * 100_000
@@ -968,17 +984,15 @@ def test_deeply_nested_json_is_answered_and_acknowledged(
             + b"}"
         )
         push(
-            client,
-            keys,
-            as_raw(valid_request(RED, first)),
+            queue,
+            as_raw(valid_request(RED, first, card)),
             poison,
-            as_raw(valid_request(BLUE, last)),
+            as_raw(valid_request(BLUE, last, card)),
         )
         for job_id in (first, last):
-            assert result_of(client, keys, job_id, timeout_s=3).ok
-        processing = keys.processing(worker.name)  # type: ignore[attr-defined]
-        wait_until(lambda: client.llen(processing) == 0, 3, "the processing list to empty")
-        client.close()
+            assert result_of(queue, job_id, timeout_s=3).ok
+        name = worker.name  # type: ignore[attr-defined]
+        wait_until(lambda: registry.held(name) == 0, 3, "the processing list to empty")
     finally:
         service.close()
         _delete_namespace(redis_url, service.namespace)

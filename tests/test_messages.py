@@ -28,15 +28,20 @@ JOB = uuid.uuid4().hex
 
 def valid_request() -> dict[str, object]:
     array = np.arange(12, dtype=np.uint8).reshape(2, 2, 3)
-    request = PredictRequest.from_array(JOB, array, top_k=5, deadline=1795000000.25)
+    request = PredictRequest.from_array(
+        JOB, array, top_k=5, deadline=1795000000.25, model="m", version="1", card="m-card"
+    )
     return dict(json.loads(encode_request(request)))
 
 
 def test_request_round_trip_keeps_the_array() -> None:
     array = np.random.default_rng(1).integers(0, 256, (4, 3, 3), dtype=np.uint8)
-    request = PredictRequest.from_array(JOB, array[:, ::-1], top_k=3, deadline=123.5)
+    request = PredictRequest.from_array(
+        JOB, array[:, ::-1], top_k=3, deadline=123.5, model="lite0", version="7", card="c"
+    )
     decoded = decode_request(encode_request(request))
     assert decoded == request
+    assert (decoded.model, decoded.version, decoded.card) == ("lite0", "7", "c")
     assert decoded.shape == (4, 3, 3) and decoded.dtype == "uint8"
     import base64
 
@@ -47,7 +52,7 @@ def test_request_round_trip_keeps_the_array() -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"v": 2}, "version"),
+        ({"v": 1}, "version"),
         ({"id": "not-hex"}, "uuid4"),
         ({"shape": [2, -2, 3]}, "shape"),
         ({"shape": "224x224"}, "shape"),
@@ -58,6 +63,9 @@ def test_request_round_trip_keeps_the_array() -> None:
         ({"top_k": "5"}, "top_k"),
         ({"deadline": "soon"}, "deadline"),
         ({"attempts": -1}, "attempts"),
+        ({"model": 3}, "model"),
+        ({"version": None}, "version"),
+        ({"card": []}, "card"),
     ],
 )
 def test_request_field_errors_say_which_field(change: dict[str, object], message: str) -> None:
@@ -92,6 +100,8 @@ def test_result_round_trip() -> None:
         predictions=(Prediction("tabby", 0.5, 281), Prediction("tiger cat", 0.25, 282)),
         batch_id="b1",
         worker="w1",
+        model="efficientnet-lite0",
+        version="2",
     )
     assert decode_result(encode_result(ok)) == ok
     failed = PredictResult.failure(JOB, "invalid_input", "bad shape", batch_id="b", worker="w")
@@ -100,7 +110,7 @@ def test_result_round_trip() -> None:
 
 def test_malformed_result_is_refused() -> None:
     with pytest.raises(MessageDecodeError, match="malformed"):
-        decode_result(json.dumps({"v": 1, "id": JOB, "ok": True, "predictions": [{"label": 1}]}))
+        decode_result(json.dumps({"v": 2, "id": JOB, "ok": True, "predictions": [{"label": 1}]}))
 
 
 def test_model_card_round_trip_and_range_checks() -> None:

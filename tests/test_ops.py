@@ -12,10 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 import requests
 from flask.testing import FlaskClient
 from PIL import Image
-from redis import Redis
 
 from app import create_app
 from app.settings import AppSettings
+from protocol.queue import Queue
 from protocol.settings import RedisSettings
 from tests.helpers import ROOT, free_port, wait_until
 from tests.live import LiveService
@@ -41,17 +41,24 @@ def sample(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
-def test_readyz_names_each_failing_check(client: FlaskClient) -> None:
+def test_readyz_names_each_failing_check(client: FlaskClient, tiny_model, publish_card) -> None:
     response = client.get("/readyz")
     assert response.status_code == 503
     body = response.get_json()
     assert body["ready"] is False
-    assert body["checks"]["redis"] == {"ok": True}
-    assert (
-        body["checks"]["workers"]["ok"] is False
-        and "heartbeat" in body["checks"]["workers"]["error"]
-    )
-    assert body["checks"]["model_card"]["ok"] is False
+    assert body["checks"] == {
+        "redis": {"ok": True},
+        "model": {"ok": False, "error": "no model is served yet (no worker announced one)"},
+    }
+    publish_card(tiny_model.card)  # the version is announced and has a card, but no worker
+    body = client.get("/readyz").get_json()
+    assert body["checks"]["model"] == {"ok": True, "name": "tiny", "version": "1"}
+    assert body["checks"]["workers"] == {
+        "ok": False,
+        "live": 0,
+        "error": "no worker of tiny version 1 is alive",
+    }
+    assert body["checks"]["model_card"] == {"ok": True}
     assert body["checks"]["queue"]["ok"] is True
 
 
@@ -61,9 +68,12 @@ def test_readyz_ok_with_a_worker(client: FlaskClient, running_worker: Worker) ->
     assert response.get_json()["checks"]["workers"]["live"] == 1
 
 
-def test_readyz_when_the_queue_is_full(redis_settings: RedisSettings, rclient: Redis) -> None:
+def test_readyz_when_the_queue_is_full(
+    redis_settings: RedisSettings, queue: Queue, tiny_model, publish_card
+) -> None:
     client = create_app(AppSettings(redis=redis_settings, max_queue=1)).test_client()
-    rclient.rpush(f"{redis_settings.namespace}:queue", b"x")
+    publish_card(tiny_model.card)
+    assert queue.push([b"x"], max_queue=1)
     checks = client.get("/readyz").get_json()["checks"]
     assert checks["queue"] == {"ok": False, "depth": 1, "max": 1, "error": "the queue is full"}
 
@@ -93,10 +103,13 @@ def test_metrics_count_requests_and_show_the_queue(
     text = client.get("/metrics").get_data(as_text=True)
     assert sample(text, "queuenet_http_requests_total", **labels) == count_before + 3
     assert sample(text, "queuenet_rejections_total", reason="invalid_image") >= 1
-    assert sample(text, "queuenet_predict_duration_seconds_count", status="200") >= 3
-    assert sample(text, "queuenet_live_workers") == 1
+    version = {"model": "tiny", "version": "1"}
+    assert sample(text, "queuenet_predict_duration_seconds_count", status="200", **version) >= 3
+    assert sample(text, "queuenet_live_workers", **version) == 1
+    assert sample(text, "queuenet_model_card_published", **version) == 1
+    assert sample(text, "queuenet_serving_share", **version) == 1
     assert sample(text, "queuenet_redis_up") == 1
-    assert "queuenet_queue_depth 0.0" in text
+    assert 'queuenet_queue_depth{model="tiny",version="1"} 0.0' in text
 
 
 def test_metrics_add_up_across_gunicorn_processes_and_workers(live: LiveService) -> None:
@@ -119,7 +132,9 @@ def test_metrics_add_up_across_gunicorn_processes_and_workers(live: LiveService)
     assert sample(worker_text, "queuenet_worker_batch_size_count") >= 1
     assert sample(worker_text, "queuenet_worker_batch_size_sum") == 40
     assert sample(worker_text, "queuenet_worker_queue_wait_seconds_count") == 40
-    assert sample(worker_text, "queuenet_worker_items_total", outcome="predicted") == 40
+    assert (
+        sample(worker_text, "queuenet_worker_items_total", outcome="predicted", model="tiny") == 40
+    )
     assert sample(worker_text, "queuenet_worker_inference_seconds_count") >= 1
     # JSON logs: one object per line; each request line names its job, batch and worker.
     web_log = next(p for p in sorted(live.workdir.glob("*web.log")))

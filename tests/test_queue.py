@@ -1,4 +1,4 @@
-"""The atomic queue scripts against a real Redis."""
+"""The queue and the worker registry of one model version against a real Redis."""
 
 from __future__ import annotations
 
@@ -8,38 +8,49 @@ from collections.abc import Sequence
 
 import redis
 
-from protocol.keys import Keys
+from protocol.keys import VersionKeys
 from protocol.queue import Answer, Queue
+from protocol.workers import WorkerRegistry
 
 TOKEN = "t" * 32
-"""The owner token of worker ``w1`` in these tests (Queue.take_over)."""
+"""The owner token of worker ``w1`` in these tests (WorkerRegistry.take_over)."""
+UNBOUNDED = 10**9
 
 
 def fill(queue: Queue, count: int) -> list[bytes]:
     items = [f'{{"n":{i}}}'.encode() for i in range(count)]
     for start in range(0, count, 500):
-        queue.client.rpush(queue.keys.queue(), *items[start : start + 500])
+        assert queue.push(items[start : start + 500], max_queue=UNBOUNDED)
     return items
 
 
-def test_claim_moves_items_into_processing_in_order(queue: Queue) -> None:
+def expire_heartbeat(registry: WorkerRegistry, name: str) -> None:
+    """Beat with a 1 s TTL and let it run out, as a dead worker's heartbeat does."""
+    registry.beat(name, b"{}", ttl_s=1, owner_token=TOKEN)
+    deadline = time.monotonic() + 5
+    while name in registry.live_workers():
+        assert time.monotonic() < deadline, "the heartbeat did not expire"
+        time.sleep(0.05)
+
+
+def test_claim_moves_items_into_processing_in_order(queue: Queue, registry: WorkerRegistry) -> None:
     items = fill(queue, 5)
     assert queue.claim("w1", 3) == items[:3]
-    assert queue.client.lrange(queue.keys.queue(), 0, -1) == items[3:]
-    assert queue.client.lrange(queue.keys.processing("w1"), 0, -1) == items[:3]
+    assert queue.items() == items[3:]
+    assert registry.held_items("w1") == items[:3]
     assert queue.claim("w1", 10) == items[3:]
     assert queue.claim("w1", 10) == []
 
 
 def test_concurrent_claimers_never_share_an_item_and_lose_none(
-    redis_url: str, keys: Keys, queue: Queue
+    redis_url: str, version_keys: VersionKeys, queue: Queue, registry: WorkerRegistry
 ) -> None:
     """Eight workers on their own connections race to drain 3000 items."""
     items = fill(queue, 3000)
     claimed: dict[str, list[bytes]] = {}
 
     def drain(name: str) -> None:
-        own = Queue(redis.Redis.from_url(redis_url), keys)
+        own = Queue(redis.Redis.from_url(redis_url), version_keys)
         got: list[bytes] = []
         while True:
             batch = own.block_claim(name, 7, block_timeout_s=0.05, batch_wait_s=0.001)
@@ -58,7 +69,7 @@ def test_concurrent_claimers_never_share_an_item_and_lose_none(
     assert set(everything) == set(items)
     assert sum(1 for got in claimed.values() if got) > 1, "only one worker took part"
     for name, got in claimed.items():  # each worker's processing list holds exactly its items
-        assert queue.client.lrange(keys.processing(name), 0, -1) == got
+        assert registry.held_items(name) == got
 
 
 def test_push_respects_max_queue(queue: Queue) -> None:
@@ -66,71 +77,79 @@ def test_push_respects_max_queue(queue: Queue) -> None:
     assert not queue.push([b"b", b"c", b"d"], max_queue=3)  # all or nothing
     assert queue.push([b"b", b"c"], max_queue=3)
     assert not queue.push([b"e"], max_queue=3)
-    assert queue.client.lrange(queue.keys.queue(), 0, -1) == [b"a", b"b", b"c"]
+    assert queue.items() == [b"a", b"b", b"c"]
 
 
-def test_answer_publishes_result_with_ttl_and_acks(queue: Queue) -> None:
-    queue.take_over("w1", TOKEN)
+def test_answer_publishes_result_with_ttl_and_acks(queue: Queue, registry: WorkerRegistry) -> None:
+    registry.take_over("w1", TOKEN)
     fill(queue, 2)
     raw = queue.claim("w1", 2)
     answers = [Answer(raw[0], "a" * 32, b"result-a"), Answer(raw[1], None, b"")]
     assert queue.answer("w1", raw, answers, owner_token=TOKEN, result_ttl_s=30) == 2
-    assert queue.held("w1") == 0
-    assert queue.client.lrange(queue.keys.result("a" * 32), 0, -1) == [b"result-a"]
-    assert 0 < queue.client.ttl(queue.keys.result("a" * 32)) <= 30
-    assert queue.client.exists(queue.keys.result("-")) == 0  # dropped item wrote nothing
+    assert registry.held("w1") == 0
+    result, ttl_s = queue.peek_result("a" * 32)
+    assert result == [b"result-a"] and 0 < ttl_s <= 30
+    assert queue.peek_result("-") == ([], -2)  # the dropped item wrote nothing
 
 
-def test_answer_writes_nothing_for_items_no_longer_held(queue: Queue) -> None:
+def test_answer_writes_nothing_for_items_no_longer_held(
+    queue: Queue, registry: WorkerRegistry
+) -> None:
     """An item requeued while its worker was presumed dead is answered only once."""
-    queue.take_over("w1", TOKEN)
+    registry.take_over("w1", TOKEN)
     fill(queue, 1)
     raw = queue.claim("w1", 1)
-    assert queue.requeue("w1") == 1  # w1 has no heartbeat: its item goes back
+    assert registry.requeue("w1") == 1  # w1 has no heartbeat: its item goes back
     assert (
         queue.answer(
             "w1", raw, [Answer(raw[0], "b" * 32, b"late")], owner_token=TOKEN, result_ttl_s=30
         )
         == 0
     )
-    assert queue.client.exists(queue.keys.result("b" * 32)) == 0
+    assert queue.peek_result("b" * 32) == ([], -2)
 
 
-def test_dead_flag_moves_item_to_dead_letters(queue: Queue) -> None:
-    queue.take_over("w1", TOKEN)
+def test_dead_flag_moves_item_to_dead_letters(queue: Queue, registry: WorkerRegistry) -> None:
+    registry.take_over("w1", TOKEN)
     fill(queue, 1)
     raw = queue.claim("w1", 1)
     queue.answer(
         "w1", raw, [Answer(raw[0], "c" * 32, b"err", dead=True)], owner_token=TOKEN, result_ttl_s=30
     )
-    assert queue.client.lrange(queue.keys.dead(), 0, -1) == raw
+    assert registry.dead_items() == raw and registry.dead_letters() == 1
 
 
-def test_requeue_restores_order_at_the_head_and_counts_attempts(queue: Queue) -> None:
-    queue.client.rpush(queue.keys.queue(), b'{"id":"x","attempts":0}', b'{"id":"y"}', b"not json")
+def test_requeue_restores_order_at_the_head_and_counts_attempts(
+    queue: Queue, registry: WorkerRegistry
+) -> None:
+    queue.push([b'{"id":"x","attempts":0}', b'{"id":"y"}', b"not json"], max_queue=UNBOUNDED)
     claimed = queue.claim("w1", 3)
-    queue.client.rpush(queue.keys.queue(), b'{"id":"z"}')
-    queue.beat("w1", b"{}", ttl_s=5, owner_token=TOKEN)
-    assert queue.requeue("w1") == -1  # alive: nothing moves
-    queue.client.delete(queue.keys.heartbeat("w1"))
-    assert queue.requeue_dead_workers(exclude="someone-else") == 3
+    queue.push([b'{"id":"z"}'], max_queue=UNBOUNDED)
+    registry.beat("w1", b"{}", ttl_s=5, owner_token=TOKEN)
+    assert registry.requeue("w1") == -1  # alive: nothing moves
+    expire_heartbeat(registry, "w1")
+    assert registry.requeue_dead_workers(exclude="someone-else") == 3
     import json
 
-    head = queue.client.lrange(queue.keys.queue(), 0, -1)
+    head = queue.items()
     assert [json.loads(item)["id"] for item in head[:2]] == ["x", "y"]
     assert [json.loads(item)["attempts"] for item in head[:2]] == [1, 1]
     assert head[2] == claimed[2]  # unparseable items go back unchanged
     assert json.loads(head[3])["id"] == "z"
-    assert queue.held("w1") == 0
-    assert queue.client.sismember(queue.keys.workers(), "w1") == 0
+    assert registry.held("w1") == 0
+    assert "w1" not in registry.registered()
 
 
-def test_wait_result_blocks_until_pushed(queue: Queue) -> None:
+def test_wait_result_blocks_until_pushed(queue: Queue, registry: WorkerRegistry) -> None:
     job = "d" * 32
+    registry.take_over("w1", TOKEN)
+    fill(queue, 1)
 
     def later() -> None:
         time.sleep(0.2)
-        queue.client.lpush(queue.keys.result(job), b"done")
+        claimed = queue.claim("w1", 1)
+        answers = [Answer(claimed[0], job, b"done")]
+        queue.answer("w1", claimed, answers, owner_token=TOKEN, result_ttl_s=9)
 
     pusher = threading.Thread(target=later)
     pusher.start()
@@ -165,7 +184,7 @@ def test_batch_fill_wait_picks_up_late_items(queue: Queue) -> None:
 
     def later() -> None:
         time.sleep(0.05)
-        queue.client.rpush(queue.keys.queue(), b"late")
+        queue.push([b"late"], max_queue=UNBOUNDED)
 
     pusher = threading.Thread(target=later)
     pusher.start()
@@ -174,23 +193,25 @@ def test_batch_fill_wait_picks_up_late_items(queue: Queue) -> None:
     assert got[-1] == b"late" and len(got) == 2
 
 
-def test_block_claim_takes_what_is_queued_in_order_up_to_the_batch_size(queue: Queue) -> None:
+def test_block_claim_takes_what_is_queued_in_order_up_to_the_batch_size(
+    queue: Queue, registry: WorkerRegistry
+) -> None:
     items = fill(queue, 6)
     got = queue.block_claim("w1", 4, block_timeout_s=1.0, batch_wait_s=0.5, busy=False)
     assert got == items[:4]
-    assert queue.client.lrange(queue.keys.processing("w1"), 0, -1) == items[:4]
-    assert queue.client.lrange(queue.keys.queue(), 0, -1) == items[4:]
+    assert registry.held_items("w1") == items[:4]
+    assert queue.items() == items[4:]
     assert queue.block_claim("w1", 1, block_timeout_s=1.0, batch_wait_s=0.0) == items[4:5]
 
 
-def test_batch_fill_takes_a_late_group_whole(queue: Queue) -> None:
+def test_batch_fill_takes_a_late_group_whole(queue: Queue, registry: WorkerRegistry) -> None:
     """Items that arrive together during the fill wait are claimed with the one that woke it."""
     first = fill(queue, 1)
     late = [f"late-{i}".encode() for i in range(5)]
 
     def later() -> None:
         time.sleep(0.05)
-        queue.client.rpush(queue.keys.queue(), *late)
+        queue.push(late, max_queue=UNBOUNDED)
 
     pusher = threading.Thread(target=later)
     pusher.start()
@@ -199,15 +220,17 @@ def test_batch_fill_takes_a_late_group_whole(queue: Queue) -> None:
     elapsed_s = time.monotonic() - started
     pusher.join(timeout=5)
     assert got == first + late[:3] and elapsed_s < 0.5
-    assert queue.client.lrange(queue.keys.processing("w1"), 0, -1) == got
-    assert queue.client.lrange(queue.keys.queue(), 0, -1) == late[3:]
+    assert registry.held_items("w1") == got
+    assert queue.items() == late[3:]
 
 
-def test_block_claim_on_an_empty_queue_times_out_empty(queue: Queue) -> None:
+def test_block_claim_on_an_empty_queue_times_out_empty(
+    queue: Queue, registry: WorkerRegistry
+) -> None:
     started = time.monotonic()
     assert queue.block_claim("w1", 8, block_timeout_s=0.2, batch_wait_s=0.01) == []
     assert 0.1 < time.monotonic() - started < 1.0
-    assert queue.held("w1") == 0
+    assert registry.held("w1") == 0
 
 
 def test_a_lone_item_on_an_idle_queue_is_not_held_back(queue: Queue) -> None:
@@ -217,11 +240,13 @@ def test_a_lone_item_on_an_idle_queue_is_not_held_back(queue: Queue) -> None:
     assert len(got) == 1 and time.monotonic() - started < 0.25
 
 
-def test_answer_acks_by_position_with_identical_and_long_items(queue: Queue) -> None:
+def test_answer_acks_by_position_with_identical_and_long_items(
+    queue: Queue, registry: WorkerRegistry
+) -> None:
     """Items are identified by position; twins and 200 KB items are fine."""
-    queue.take_over("w1", TOKEN)
+    registry.take_over("w1", TOKEN)
     big = b'{"v":1,"id":"' + b"f" * 32 + b'"' + b"x" * 200_000 + b"}"
-    queue.client.rpush(queue.keys.queue(), b"twin", b"twin", big)
+    queue.push([b"twin", b"twin", big], max_queue=UNBOUNDED)
     raw = queue.claim("w1", 3)
     answers = [
         Answer(raw[2], "f" * 32, b"ok-big"),
@@ -229,60 +254,67 @@ def test_answer_acks_by_position_with_identical_and_long_items(queue: Queue) -> 
         Answer(raw[1], None, b"", retry=b"twin-again"),
     ]
     assert queue.answer("w1", raw, answers, owner_token=TOKEN, result_ttl_s=30) == 3
-    assert queue.held("w1") == 0
-    assert queue.client.lrange(queue.keys.result("f" * 32), 0, -1) == [b"ok-big"]
-    assert queue.client.lrange(queue.keys.dead(), 0, -1) == [b"twin"]
-    assert queue.client.lrange(queue.keys.queue(), 0, -1) == [b"twin-again"]
+    assert registry.held("w1") == 0
+    assert queue.peek_result("f" * 32)[0] == [b"ok-big"]
+    assert registry.dead_items() == [b"twin"]
+    assert queue.items() == [b"twin-again"]
 
 
-def test_answer_refuses_once_another_process_took_over_the_name(queue: Queue) -> None:
+def test_answer_refuses_once_another_process_took_over_the_name(
+    queue: Queue, registry: WorkerRegistry
+) -> None:
     """A second process under the same worker name (a restart while the old one still ran)
     takes the items back and owns the name: the old process can no longer acknowledge."""
-    queue.take_over("w1", TOKEN)
+    registry.take_over("w1", TOKEN)
     fill(queue, 2)
     raw = queue.claim("w1", 2)
-    assert queue.take_over("w1", "new-owner") == 2  # the items go back to the queue
+    assert registry.take_over("w1", "new-owner") == 2  # the items go back to the queue
     again = queue.claim("w1", 2)  # and the new process claims them: the same length
     answers = [Answer(raw[0], "a" * 32, b"r0"), Answer(raw[1], "b" * 32, b"r1")]
     assert queue.answer("w1", raw, answers, owner_token=TOKEN, result_ttl_s=30) == 0
-    assert queue.client.exists(queue.keys.result("a" * 32)) == 0
-    assert queue.held("w1") == 2  # still the new owner's, to answer
+    assert queue.peek_result("a" * 32) == ([], -2)
+    assert registry.held("w1") == 2  # still the new owner's, to answer
     answers = [Answer(again[0], "a" * 32, b"r0"), Answer(again[1], "b" * 32, b"r1")]
     assert queue.answer("w1", again, answers, owner_token="new-owner", result_ttl_s=30) == 2
 
 
-def test_answer_refuses_a_batch_whose_length_changed(queue: Queue) -> None:
-    queue.take_over("w1", TOKEN)
+def test_answer_refuses_a_batch_whose_length_changed(
+    queue: Queue, registry: WorkerRegistry
+) -> None:
+    registry.take_over("w1", TOKEN)
     fill(queue, 3)
     raw = queue.claim("w1", 2)
     queue.claim("w1", 1)  # the list is no longer the batch the answer speaks for
     answers = [Answer(raw[0], "a" * 32, b"r0"), Answer(raw[1], "b" * 32, b"r1")]
     assert queue.answer("w1", raw, answers, owner_token=TOKEN, result_ttl_s=30) == 0
-    assert queue.held("w1") == 3
+    assert registry.held("w1") == 3
 
 
-def test_a_dead_workers_owner_token_goes_with_its_items(queue: Queue) -> None:
-    queue.take_over("w1", TOKEN)
+def test_a_dead_workers_owner_token_goes_with_its_items(
+    queue: Queue, registry: WorkerRegistry
+) -> None:
+    registry.take_over("w1", TOKEN)
     fill(queue, 1)
     queue.claim("w1", 1)
-    queue.beat("w1", b"{}", ttl_s=5, owner_token=TOKEN)
-    queue.client.delete(queue.keys.heartbeat("w1"))  # its heartbeat expired
-    assert queue.requeue_dead_workers(exclude="w2") == 1
-    assert queue.client.exists(queue.keys.owner("w1")) == 0
-    queue.beat("w1", b"{}", ttl_s=5, owner_token=TOKEN)  # a beat after a Redis restart
-    assert queue.client.get(queue.keys.owner("w1")) == TOKEN.encode()
-    queue.beat("w1", b"{}", ttl_s=5, owner_token="other")  # never steals an owned name
-    assert queue.client.get(queue.keys.owner("w1")) == TOKEN.encode()
+    expire_heartbeat(registry, "w1")
+    assert registry.requeue_dead_workers(exclude="w2") == 1
+    assert registry.owner("w1") is None
+    registry.beat("w1", b"{}", ttl_s=5, owner_token=TOKEN)  # a beat after a Redis restart
+    assert registry.owner("w1") == TOKEN.encode()
+    registry.beat("w1", b"{}", ttl_s=5, owner_token="other")  # never steals an owned name
+    assert registry.owner("w1") == TOKEN.encode()
 
 
 def test_push_over_the_bound_takes_its_messages_back(queue: Queue) -> None:
     assert queue.push([b"a", b"b"], max_queue=2)
     assert not queue.push([b"c"], max_queue=2)
     assert not queue.push([b"c", b"d"], max_queue=2)
-    assert queue.client.lrange(queue.keys.queue(), 0, -1) == [b"a", b"b"]
+    assert queue.items() == [b"a", b"b"]
 
 
-def test_push_over_the_bound_that_a_worker_raced_stays_whole(queue: Queue) -> None:
+def test_push_over_the_bound_that_a_worker_raced_stays_whole(
+    queue: Queue, registry: WorkerRegistry
+) -> None:
     """Between the RPUSH and the take-back a worker claimed one of the request's images:
     the request is in after all, and the image taken back goes in again (at the head)."""
 
@@ -294,5 +326,5 @@ def test_push_over_the_bound_that_a_worker_raced_stays_whole(queue: Queue) -> No
     queue = RacedQueue(queue.client, queue.keys)
     queue.push([b"a"], max_queue=1)
     assert queue.push([b"x", b"y"], max_queue=1)
-    assert queue.client.lrange(queue.keys.processing("w1"), 0, -1) == [b"a", b"x"]
-    assert queue.client.lrange(queue.keys.queue(), 0, -1) == [b"y"]
+    assert registry.held_items("w1") == [b"a", b"x"]
+    assert queue.items() == [b"y"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import TINY_LABELS, TINY_SIZE
-from worker.registry import ModelLoadError, imagenet_labels, load_model
+from worker.registry import ModelLoadError, derive_model_name, imagenet_labels, load_model
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,8 @@ def test_keras_file_with_labels(tiny_file: tuple[Path, Path], tmp_path: Path) ->
     loaded = load_model(str(model_path), labels_path=str(labels_path), cache_dir=tmp_path)
     assert loaded.labels == TINY_LABELS
     assert loaded.card.input_size == TINY_SIZE and loaded.card.num_labels == 4
-    assert len(loaded.card.version) == 16  # content digest
+    assert loaded.card.fingerprint.startswith("tiny-sha256-")  # the file's content digest
+    assert loaded.card.version == "" and loaded.named("tiny", "3").card.version == "3"
     batch = np.zeros((2, TINY_SIZE, TINY_SIZE, 3), dtype=np.uint8)
     batch[0, ..., 1] = 250
     probabilities = loaded.predictor.predict(batch)
@@ -96,3 +97,16 @@ def test_keras_application_without_cached_weights(tmp_path: Path) -> None:
         )
         and "Keras cache" in line
     ), line
+
+
+@pytest.mark.parametrize(
+    ("spec", "name"),
+    [
+        ("efficientnet-lite0", "efficientnet-lite0"),
+        ("efficientnet_lite2", "efficientnet-lite2"),
+        ("/models/my model (v2).keras", "my-model--v2-"),
+        ("ResNet50", "ResNet50"),
+    ],
+)
+def test_model_names_are_derived_from_the_spec(spec: str, name: str) -> None:
+    assert derive_model_name(spec) == name

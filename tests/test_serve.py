@@ -6,11 +6,13 @@ Everything runs through ``queuenet serve`` itself, with the shipped model on rea
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +24,7 @@ import redis
 import requests
 
 from protocol.keys import Keys
-from protocol.queue import Queue
+from protocol.workers import WorkerRegistry
 from tests.helpers import free_port, python_env, spawn, stop, wait_until
 from worker.registry import LoadedModel
 
@@ -53,9 +55,9 @@ class Served:
     def starts(self, name: str) -> int:
         return len(re.findall(rf"started {name} pid=", self.text()))
 
-    def queue(self) -> Queue:
+    def registry(self, model: str = "efficientnet-lite0", version: str = "1") -> WorkerRegistry:
         (url,) = re.findall(r"private redis-server started pid=\d+ url=(\S+)", self.text())[:1]
-        return Queue(redis.Redis.from_url(url), Keys("queuenet"))
+        return WorkerRegistry(redis.Redis.from_url(url), Keys("queuenet").version(model, version))
 
     def worker_name(self, index: int) -> str:
         return f"{socket.gethostname()}-{self.port}-w{index}"
@@ -127,16 +129,17 @@ def test_kill_9_of_one_worker_under_load_loses_nothing_and_the_worker_comes_back
 ) -> None:
     photo = (data_dir / "chelsea.png").read_bytes()
     victim = served.pid("worker-1")
-    queue = served.queue()
+    registry = served.registry()
     with ThreadPoolExecutor(max_workers=120) as pool:
         futures = [pool.submit(post, served.url, photo) for _ in range(120)]
-        wait_until(lambda: queue.held(served.worker_name(1)) > 0, 60, "worker-1 to hold a batch")
+        wait_until(lambda: registry.held(served.worker_name(1)) > 0, 60, "worker-1 to hold a batch")
         os.kill(victim, signal.SIGKILL)
         responses = [f.result(timeout=PREDICT_TIMEOUT_S + 60) for f in futures]
     assert [r.status_code for r in responses] == [200] * 120, served.text()[-3000:]
     assert all(r.json()["predictions"][0]["index"] in CAT_CLASSES for r in responses)
     log = served.text()
     assert f"worker-1 (pid {victim}) killed by SIGKILL unexpectedly; restarting it" in log
+    assert re.search(rf"requeued \d+ item\(s\) of dead worker {served.worker_name(1)}", log)
     wait_until(lambda: served.starts("worker-1") == 2, 30, "worker-1 to be restarted")
     wait_until(lambda: live_workers(served.url) == 2, 120, "two live workers again")
     assert served.pid("worker-1") != victim and served.process.poll() is None
@@ -249,3 +252,52 @@ def test_a_port_that_is_taken_is_refused_at_start(tmp_path: Path) -> None:
         process = spawn(["-m", "queuenet", "serve", "--port", str(port)], python_env({}), log)
         assert process.wait(timeout=60) == 1
     assert f"cannot listen on 127.0.0.1:{port}" in log.read_text()
+
+
+@pytest.mark.e2e
+def test_serve_runs_several_models_the_first_is_the_default(
+    lite0: LoadedModel, model_cache: Path, tmp_path: Path, data_dir: Path
+) -> None:
+    env = python_env({"QUEUENET_MODEL_CACHE_DIR": str(model_cache), "QUEUENET_BATCH_SIZE": "4"})
+    service = start_serve(
+        env,
+        tmp_path / "serve.log",
+        "--model",
+        "efficientnet-lite0",
+        "--model",
+        "big=efficientnet-lite2",
+    )
+    try:
+        wait_ready(service)
+        listing = requests.get(f"{service.url}/models", timeout=10).json()
+        print(json.dumps(listing, indent=2))
+        assert listing["default"] == "efficientnet-lite0"
+        models = {m["name"]: m for m in listing["models"]}
+        assert set(models) == {"efficientnet-lite0", "big"}
+        for name, size in (("efficientnet-lite0", 224), ("big", 260)):
+            (version,) = models[name]["versions"]
+            assert models[name]["serving"] == "1" and models[name]["canary"] is None
+            assert (version["ready"], version["workers"], version["input_size"]) == (True, 1, size)
+            assert version["labels"] == 1000
+        photo = (data_dir / "chelsea.png").read_bytes()
+        default = post(service.url, photo)
+        assert default.json()["model"] == {"name": "efficientnet-lite0", "version": "1"}
+        big = requests.post(f"{service.url}/models/big/predict", files={"image": photo}, timeout=60)
+        assert big.json()["model"] == {"name": "big", "version": "1"}
+        assert big.json()["predictions"][0]["index"] in CAT_CLASSES
+        log = service.text()
+        assert re.search(r"started worker-1 pid=\d+ model=efficientnet-lite0 version=1", log)
+        assert re.search(r"started worker-2 pid=\d+ model=big version=1", log)
+    finally:
+        service.process.send_signal(signal.SIGTERM)
+        assert service.process.wait(timeout=120) == 0, service.text()[-3000:]
+
+
+def test_serve_refuses_two_models_of_one_name(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "queuenet", "serve", "--model", "efficientnet-lite0",
+         "--model", "efficientnet_lite0"],
+        env=python_env({}), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert "--model names must differ" in out.stderr and "NAME=SPEC" in out.stderr

@@ -147,11 +147,11 @@ def start_topology(live: LiveService, nginx: Nginx, **victim_env: str) -> None:
     """Two workers (the first gets ``victim_env``), two web servers, nginx in front."""
     first = live.start_worker(wait=False, **victim_env)
     second = live.start_worker(wait=False)
-    client = live.client
+    registry = live.registry()
 
     def ready(worker: subprocess.Popen[bytes]) -> bool:
         assert worker.poll() is None, live.logs()
-        return bool(client.exists(f"{live.namespace}:worker:{worker.name}"))  # type: ignore[attr-defined]
+        return worker.name in registry.live_workers()  # type: ignore[attr-defined]
 
     wait_until(lambda: ready(first) and ready(second), 120, "both workers")
     nginx.upstreams = [live.start_web(), live.start_web()]
@@ -184,20 +184,13 @@ def web_counts(live: LiveService) -> dict[str, Counter[str]]:
     return counts
 
 
-def processing_total(live: LiveService) -> int:
-    client = live.client
-    pattern = f"{live.namespace}:processing:*"
-    return sum(int(client.llen(k)) for k in client.scan_iter(match=pattern, count=1000))
-
-
 def leftovers(live: LiveService) -> dict[str, int]:
     """Items still queued or held, and results nobody read (an answer given twice)."""
-    client = live.client
-    results = client.scan_iter(match=f"{live.namespace}:result:*", count=1000)
+    footprint = live.inspector().footprint()
     return {
-        "queued": int(client.llen(f"{live.namespace}:queue")),
-        "processing": processing_total(live),
-        "unread_results": len(list(results)),
+        "queued": footprint.queued,
+        "processing": footprint.held,
+        "unread_results": footprint.results,
     }
 
 
@@ -270,8 +263,8 @@ def test_stopping_a_web_server_and_killing_a_worker_under_load_loses_nothing(
     victim = live.workers[0]
     survivor = live.workers[1]
     leaving_web, leaving_url = live.webs[0]
-    held_key = f"{live.namespace}:processing:{victim.name}"  # type: ignore[attr-defined]
-    client = live.client
+    registry = live.registry()
+    victim_name = victim.name  # type: ignore[attr-defined]
     total = 150
     colours = [list(COLOURS)[i % len(COLOURS)] for i in range(total)]
     done = Counter[str]()
@@ -288,9 +281,9 @@ def test_stopping_a_web_server_and_killing_a_worker_under_load_loses_nothing(
         wait_until(lambda: done["n"] >= 40, 30, "40 answers")
         leaving_web.send_signal(signal.SIGTERM)  # graceful: in-flight requests finish
         wait_until(lambda: done["n"] >= 80, 30, "80 answers")
-        wait_until(lambda: int(client.llen(held_key)) > 0, 10, "the victim to hold a batch")
+        wait_until(lambda: registry.held(victim_name) > 0, 10, "the victim to hold a batch")
         live.kill(victim)
-        held = int(client.llen(held_key))
+        held = registry.held(victim_name)
         responses = future.result(timeout=60)
     text = summary(
         "web SIGTERM + worker SIGKILL", live, nginx, responses, f"; victim held {held} when killed"
