@@ -70,7 +70,10 @@ def serve(settings: WorkerSettings) -> int:
     started = time.monotonic()
     try:
         model = load_model(
-            settings.model, labels_path=settings.labels_path, cache_dir=settings.model_cache_dir
+            settings.model,
+            labels_path=settings.labels_path,
+            cache_dir=settings.model_cache_dir,
+            runtime=settings.runtime_options(),
         )
     except ModelLoadError as exc:
         logger.error("cannot load model: %s", exc)

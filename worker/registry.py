@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -27,6 +28,7 @@ from typing import Any
 
 from protocol.messages import RESIZE_CENTER_CROP, RESIZE_STRETCH, ModelCard
 from worker.model import KerasPredictor, Predictor
+from worker.runtimes import RuntimeOptions, RuntimeRefusedError, serve_with
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +49,29 @@ class LoadedModel:
     card: ModelCard
 
 
-def load_model(name: str, *, labels_path: str = "", cache_dir: Path) -> LoadedModel:
-    """Load the model ``name`` refers to; raise :class:`ModelLoadError` with a clear message."""
+def load_model(
+    name: str,
+    *,
+    labels_path: str = "",
+    cache_dir: Path,
+    runtime: RuntimeOptions | None = None,
+) -> LoadedModel:
+    """Load the model ``name`` refers to, served by ``runtime`` (default: the Keras model's
+    ``tf.function``); raise :class:`ModelLoadError` with a clear message."""
+    loaded = _load_keras(name, labels_path, cache_dir)
+    if runtime is None or not isinstance(loaded.predictor, KerasPredictor):
+        return loaded
+    card = loaded.card
+    # Named like the cached .keras ("{version}.keras") where the version names the model.
+    model_id = card.version if card.version.startswith(card.name) else f"{card.name}-{card.version}"
+    try:
+        served = serve_with(loaded.predictor, runtime, cache_dir=cache_dir, model_id=model_id)
+    except RuntimeRefusedError as exc:
+        raise ModelLoadError(f"QUEUENET_RUNTIME={runtime.runtime} refused: {exc}") from exc
+    return dataclasses.replace(loaded, predictor=served.predictor)
+
+
+def _load_keras(name: str, labels_path: str, cache_dir: Path) -> LoadedModel:
     if name in ("efficientnet-lite0", "efficientnet_lite0"):
         return _load_efficientnet_lite0(cache_dir)
     if name.endswith(".keras") or os.sep in name:

@@ -8,7 +8,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from protocol.errors import SettingsError
 from protocol.settings import RedisSettings, env_choice, env_float, env_int, env_str
+from worker.litert import QUANTIZATIONS
+from worker.runtimes import RUNTIMES, RuntimeOptions
 
 DEFAULT_MODEL = "efficientnet-lite0"
 
@@ -49,6 +52,13 @@ class WorkerSettings:
     """TensorFlow threads inside one op; 0 lets TensorFlow choose (one per core)."""
     tf_inter_op_threads: int = 0
     """TensorFlow ops run in parallel; 0 lets TensorFlow choose."""
+    runtime: str = "auto"
+    """Backend that runs the model: ``auto`` (``litert`` on a CPU-only machine when its
+    converted model passes the fidelity check, else ``tensorflow``), ``tensorflow``, ``litert``."""
+    quantize: str = "none"
+    """``int8``: opt-in LiteRT full-integer quantisation; faster, and answers change."""
+    runtime_threads: int = 0
+    """Threads of the LiteRT interpreter; 0 = the CPUs this process may run on."""
     metrics_port: int = 0
     """TCP port of this worker's Prometheus ``/metrics``; 0 serves none."""
     log_level: str = "INFO"
@@ -58,9 +68,12 @@ class WorkerSettings:
         """The configured name, or one unique to this process on this host."""
         return self.worker_name or f"{host_prefix()}{os.getpid()}"
 
+    def runtime_options(self) -> RuntimeOptions:
+        return RuntimeOptions(self.runtime, self.quantize, self.runtime_threads)
+
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> WorkerSettings:
-        return cls(
+        settings = cls(
             redis=RedisSettings.from_env(env),
             model=env_str(env, "MODEL", DEFAULT_MODEL),
             labels_path=env_str(env, "LABELS", ""),
@@ -74,7 +87,15 @@ class WorkerSettings:
             worker_name=env_str(env, "WORKER_NAME", ""),
             tf_intra_op_threads=env_int(env, "TF_INTRA_OP_THREADS", 0, minimum=0),
             tf_inter_op_threads=env_int(env, "TF_INTER_OP_THREADS", 0, minimum=0),
+            runtime=env_choice(env, "RUNTIME", "auto", RUNTIMES),
+            quantize=env_choice(env, "QUANTIZE", "none", QUANTIZATIONS),
+            runtime_threads=env_int(env, "RUNTIME_THREADS", 0, minimum=0, maximum=1024),
             metrics_port=env_int(env, "METRICS_PORT", 0, minimum=0, maximum=65535),
             log_level=env_choice(env, "LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
             log_format=env_choice(env, "LOG_FORMAT", "text", ("text", "json")),
         )
+        if settings.quantize != "none" and settings.runtime == "tensorflow":
+            raise SettingsError(
+                f"QUEUENET_QUANTIZE={settings.quantize} needs QUEUENET_RUNTIME=litert or auto"
+            )
+        return settings
