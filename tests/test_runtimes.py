@@ -3,16 +3,24 @@ and checked, and the worker picks the backend its settings ask for."""
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
+import requests
+from PIL import Image
 
 from protocol.errors import SettingsError
 from tests.conftest import TINY_SIZE, build_tiny_keras_model
+from tests.helpers import ROOT, python_env
+from tests.live import LiveService
 from tests.reference import photo_paths, reference_input
 from worker.litert import LiteRTPredictor, convert
 from worker.model import KerasPredictor, warm_up, warmup_sizes
@@ -325,3 +333,62 @@ def test_worker_load_logs_the_runtime_and_its_fidelity_and_reuses_the_cache(
     assert "converting" not in caplog.text
     tflites = list(model_cache.glob(f"{first.card.version}.litert-none-*.tflite"))
     assert len(tflites) == 1
+
+
+def test_an_unwritable_cache_still_serves(tiny_model: LoadedModel, tmp_path: Path) -> None:
+    keras_predictor = tiny_model.predictor
+    assert isinstance(keras_predictor, KerasPredictor)
+    not_a_directory = tmp_path / "cache"
+    not_a_directory.write_text("a file where the cache directory should be")
+    served = litert_predictor(keras_predictor, cache_dir=not_a_directory, model_id="tiny")
+    assert served.cache_path is None and not served.from_cache
+    assert list(served.predictor.predict(colour_images()).argmax(axis=1)) == [0, 1, 2, 3]
+
+
+# --- the worker process -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("runtime", ["litert", "tensorflow"])
+def test_worker_process_serves_with_the_runtime_its_settings_name(
+    live: LiveService, runtime: str, tmp_path: Path
+) -> None:
+    cache = tmp_path / "model-cache"
+    live.start_worker(QUEUENET_RUNTIME=runtime, QUEUENET_MODEL_CACHE_DIR=str(cache))
+    url = live.start_web()
+    red = np.full((TINY_SIZE, TINY_SIZE, 3), (230, 20, 20), dtype=np.uint8)
+    body = io.BytesIO()
+    Image.fromarray(red).save(body, format="PNG")
+    response = requests.post(
+        f"{url}/predict", files={"image": ("red.png", body.getvalue())}, timeout=30
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["predictions"][0]["label"] == "red"
+    logs = live.logs(tail_chars=None)
+    assert f"serving with runtime={runtime}" in logs
+    if runtime == "litert":
+        assert "max_abs_dp=" in logs and len(list(cache.glob("*.litert-none-*.tflite"))) == 1
+
+
+@pytest.mark.e2e
+def test_raw_model_bench_reports_every_runtime(model_cache: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.raw_model", "--rounds", "2", "--batch-size", "3"]
+        + ["--cache-dir", str(model_cache), "--json"],
+        env=python_env({}),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    )
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    for name in ("tensorflow", "litert", "litert_int8"):
+        for figure in ("batch1_images_per_s", "batchn_images_per_s", "batch1_ratio"):
+            assert figures[f"{name}_{figure}"] > 0
+    assert figures["tensorflow_max_abs_dp"] == 0.0
+    assert figures["litert_max_abs_dp"] <= FIDELITY_MAX_ABS_DP
+    assert figures["litert_top1_agreement"] == 1.0 and figures["fidelity_photos"] >= 12
+    assert 0.5 <= figures["litert_int8_top1_agreement"] <= 1.0
+    assert figures["runtime"] == "litert"  # auto, on this CPU machine
+    for legacy in ("batch1_ms", "batchn_images_per_s", "pipeline_p50_ms", "decode_resize_p50_ms"):
+        assert figures[legacy] > 0

@@ -136,7 +136,7 @@ def serve_with(
         served.fidelity.top1_agreement,
         served.fidelity.images,
         FIDELITY_MAX_ABS_DP,
-        "hit" if served.from_cache else "written",
+        "hit" if served.from_cache else ("written" if served.cache_path else "not written"),
         served.cache_path,
     )
     return served
@@ -175,7 +175,11 @@ def litert_predictor(
     except (ConversionError, ValueError) as exc:
         raise RuntimeRefusedError(str(exc)) from exc
     fidelity = _accept(measure_fidelity(expected, predictor.predict(inputs)), quantize)
-    _write_atomically(path, flatbuffer)
+    try:
+        _write_atomically(path, flatbuffer)
+    except OSError as exc:  # a read-only cache (an image's): serve, convert again next start
+        logger.warning("cannot cache the converted model at %s (%s)", path, exc)
+        return Served(predictor, RUNTIME_LITERT, quantize, fidelity, None, from_cache=False)
     return Served(predictor, RUNTIME_LITERT, quantize, fidelity, path, from_cache=False)
 
 
