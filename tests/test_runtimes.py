@@ -147,6 +147,21 @@ def test_a_model_litert_cannot_convert_stops_litert_and_auto_falls_back(
     assert not list(tmp_path.iterdir())
 
 
+def test_a_model_that_answers_nan_is_not_converted_for_auto(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """exp() of a large logit overflows on bright check images: no figure to compare."""
+    inputs = keras.Input(shape=(TINY_SIZE, TINY_SIZE, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(inputs)
+    logits = keras.layers.Dense(2, kernel_initializer="ones", bias_initializer="zeros")(pooled)
+    outputs = keras.layers.Softmax()(keras.layers.Activation("exponential")(logits))
+    predictor = KerasPredictor(keras.Model(inputs, outputs), input_size=TINY_SIZE)
+    with caplog.at_level(logging.WARNING, logger="worker.runtimes"):
+        served = serve_with(predictor, RuntimeOptions(), cache_dir=tmp_path, model_id="nan")
+    assert served.runtime == "tensorflow" and "answers NaN" in caplog.text
+    assert not list(tmp_path.iterdir())
+
+
 # --- the cache --------------------------------------------------------------------------------
 
 

@@ -139,7 +139,6 @@ class LiteRTPredictor:
         self._input_index = int(given["index"])
         self._output_index = int(answer["index"])
         self._classes = int(answer["shape"][-1])
-        self.num_threads = num_threads
 
     @property
     def input_size(self) -> int:

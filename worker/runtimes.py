@@ -2,8 +2,8 @@
 
 - ``tensorflow``: the Keras model behind one ``tf.function`` (:class:`worker.model.KerasPredictor`).
 - ``litert``: the model converted by TensorFlow's converter and run by its interpreter with
-  XNNPACK, one image per call (:mod:`worker.litert` says why, with figures). 2.5-3x the images/s
-  of ``tensorflow`` at batch 1 on the 2-core machine and 1.2x at batch 32.
+  XNNPACK, one image per call (:mod:`worker.litert` says why, with figures). About 3x the
+  images/s of ``tensorflow`` at batch 1 on the 2-core machine and 1.1-1.2x at batch 32.
 - ``auto`` (default): ``tensorflow`` when TensorFlow sees a GPU (LiteRT's XNNPACK is CPU
   only), else ``litert`` when its converted model passes the fidelity check, else
   ``tensorflow``. LiteRT was at least as fast as ``tensorflow`` at every batch size from 1
@@ -214,6 +214,11 @@ def _accept(fidelity: Fidelity, quantize: str) -> Fidelity:
                 f"(needs {INT8_MIN_TOP1_AGREEMENT:.0%}); max |dp| = {fidelity.max_abs_dp:.3g}"
             )
         return fidelity
+    if fidelity.max_abs_dp == float("inf"):
+        raise RuntimeRefusedError(
+            f"the converted or the Keras model answers NaN (or another shape) on some of the "
+            f"{fidelity.images} check images"
+        )
     if not fidelity.max_abs_dp <= FIDELITY_MAX_ABS_DP:
         raise RuntimeRefusedError(
             f"converted model differs from the Keras model: max |dp| = "
