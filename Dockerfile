@@ -35,12 +35,14 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('/tmp/queuenet/
 COPY . /tmp/queuenet
 RUN pip install --no-cache-dir /tmp/queuenet && rm -rf /tmp/queuenet
 
-# Build the default model into the cache the workers load it from (the saved file is created
-# with mode 0600, hence the chmod), run from / so the installed package is what gets tested.
+# Build the default model into the cache the workers load it from, and its LiteRT conversion
+# (QUEUENET_RUNTIME=auto serves it on CPUs; checked against Keras here and at every start).
+# The saved files are created with mode 0600, hence the chmod; run from / so the installed
+# package is what gets tested.
 WORKDIR /
 RUN mkdir -p "$QUEUENET_MODEL_CACHE_DIR" \
-    && python -c "from worker.registry import load_model; from pathlib import Path; load_model('efficientnet-lite0', cache_dir=Path('$QUEUENET_MODEL_CACHE_DIR'))" \
-    && ls -l "$QUEUENET_MODEL_CACHE_DIR"/*.keras \
+    && python -c "from worker.registry import load_model; from worker.runtimes import RuntimeOptions; from pathlib import Path; load_model('efficientnet-lite0', cache_dir=Path('$QUEUENET_MODEL_CACHE_DIR'), runtime=RuntimeOptions('litert'))" \
+    && ls -l "$QUEUENET_MODEL_CACHE_DIR"/*.keras "$QUEUENET_MODEL_CACHE_DIR"/*.tflite \
     && chmod -R a+rX /opt/queuenet \
     && rm -rf /root/.keras
 

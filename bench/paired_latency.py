@@ -5,7 +5,7 @@
 This machine's speed drifts by tens of percent from one minute to the next, more than the
 few milliseconds the service adds, so two medians taken a minute apart compare mostly the
 drift. Here each pair is one image through the bare pipeline in this process (decode +
-resize + the worker's ``tf.function`` model, batch 1) and the same image posted to the
+resize + the model under the worker's runtime, batch 1) and the same image posted to the
 service, back to back, alternating which goes first; both see the same moment of the
 machine. Reports both medians and the median of the per-pair differences.
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import os
 import statistics
 import sys
 import time
@@ -42,8 +43,11 @@ def measure(url: str, pairs: int, cache_dir: Path) -> PairedLatency:
     from app.preprocess import image_to_input
     from worker.model import warm_up
     from worker.registry import load_model
+    from worker.settings import WorkerSettings
 
-    model = load_model("efficientnet-lite0", cache_dir=cache_dir)
+    # The runtime the service's worker serves with (QUEUENET_RUNTIME, default auto).
+    runtime = WorkerSettings.from_env(os.environ).runtime_options()
+    model = load_model("efficientnet-lite0", cache_dir=cache_dir, runtime=runtime)
     warm_up(model.predictor, [1])
     blobs = [photo.read_bytes() for photo in PHOTOS]
     bodies = [multipart(photo) for photo in PHOTOS]

@@ -1,10 +1,16 @@
-"""The bare model: the physical limit of the service on this machine.
+"""The bare model under every runtime: the physical limit of the service on this machine.
 
-    python -m bench.raw_model [--batch-size 32] [--rounds 30]
+    python -m bench.raw_model [--batch-size 32] [--rounds 30] [--json]
 
-Measures, in this process, the default model called through the worker's ``tf.function``:
-images/s at batch 1 and at ``--batch-size``, and the bare in-process pipeline (decode + resize
-+ model, one image at a time, the same photos the load generator sends).
+In one process, the default model through each runtime of :mod:`worker.runtimes`:
+``tensorflow`` (the ``tf.function``), ``litert`` and ``litert_int8`` (the opt-in
+quantisation). For each: images/s at batch 1 and at ``--batch-size`` and the ratio to
+``tensorflow`` (the runtimes take turns, so the machine's drift hits all alike), and
+its fidelity to the Keras float model on every test photo, prepared exactly as the service
+prepares it: the largest |dp| of any class and top-1 agreement. Then the bare pipeline (exact
+decode + resize + model, one image at a time, the same photos the load generator sends) with
+the runtime ``QUEUENET_RUNTIME`` (default ``auto``) serves with, which the un-prefixed figures
+(``batch1_images_per_s`` ...) describe, as ``bench.run`` compares the service with them.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,58 +32,126 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 PHOTOS = sorted((ROOT / "tests" / "data").glob("*.png"))
+FIDELITY_PHOTOS = sorted(
+    p for p in (ROOT / "tests" / "data").iterdir() if p.suffix in (".png", ".jpg")
+)
+RUNTIMES = ("tensorflow", "litert", "litert_int8")
 
 
-@dataclass
-class RawFigures:
-    batch1_ms: float
-    batch1_images_per_s: float
-    batch_size: int
-    batchn_ms: float
-    batchn_images_per_s: float
-    pipeline_p50_ms: float
-    decode_resize_p50_ms: float
-
-
-def _median_ms(fn: object, rounds: int) -> float:
+def _median_ms(fn: Callable[[], object], rounds: int) -> float:
     timings = []
     for _ in range(rounds):
         started = time.perf_counter()
-        fn()  # type: ignore[operator]
+        fn()
         timings.append((time.perf_counter() - started) * 1000)
     return statistics.median(timings)
 
 
-def measure(batch_size: int, rounds: int, cache_dir: Path) -> RawFigures:
-    from app.preprocess import image_to_input
-    from worker.model import warm_up
+def _alternating_ms(
+    calls: dict[str, Callable[[], object]], rounds: int, blocks: int
+) -> dict[str, float]:
+    """Median ms of ``rounds`` calls of each, in ``blocks`` turns per call (one untimed call
+    opens each turn). Turns, not single calls alternating: the runtimes' thread pools spin
+    for a while after a call, and a call right after another runtime's ran up to 2x slower."""
+    timings: dict[str, list[float]] = {name: [] for name in calls}
+    per_block = -(-rounds // blocks)
+    for _ in range(blocks):
+        for name, call in calls.items():
+            call()
+            for _ in range(per_block):
+                started = time.perf_counter()
+                call()
+                timings[name].append((time.perf_counter() - started) * 1000)
+    return {name: statistics.median(values) for name, values in timings.items()}
+
+
+def load_runtimes(cache_dir: Path) -> tuple[Any, dict[str, Any]]:
+    """The model (card and Keras predictor) and its predictor under every runtime."""
+    from worker.model import KerasPredictor
     from worker.registry import load_model
+    from worker.runtimes import RuntimeOptions, serve_with
 
     model = load_model("efficientnet-lite0", cache_dir=cache_dir)
-    warm_up(model.predictor, [1, batch_size])
-    size = model.card.input_size
+    keras_predictor = model.predictor
+    assert isinstance(keras_predictor, KerasPredictor)
+    predictors: dict[str, Any] = {"tensorflow": keras_predictor}
+    for name, options in (
+        ("litert", RuntimeOptions("litert")),
+        ("litert_int8", RuntimeOptions("litert", quantize="int8")),
+    ):
+        served = serve_with(
+            keras_predictor, options, cache_dir=cache_dir, model_id=model.card.version
+        )
+        predictors[name] = served.predictor
+    return model, predictors
+
+
+def served_runtime(predictors: dict[str, Any]) -> str:
+    """The runtime the worker's settings (``QUEUENET_RUNTIME``/``QUANTIZE``) choose here."""
+    from worker.runtimes import gpu_visible
+    from worker.settings import WorkerSettings
+
+    settings = WorkerSettings.from_env(os.environ)
+    if settings.quantize == "int8":
+        return "litert_int8"
+    if settings.runtime == "auto":
+        return "tensorflow" if gpu_visible() else "litert"
+    return settings.runtime
+
+
+def measure(batch_size: int, rounds: int, cache_dir: Path) -> dict[str, Any]:
+    from app.preprocess import image_to_input
+    from worker.model import warm_up
+    from worker.runtimes import measure_fidelity
+
+    model, predictors = load_runtimes(cache_dir)
+    card = model.card
+    for predictor in predictors.values():
+        warm_up(predictor, [1, batch_size])
+    size = card.input_size
     rng = np.random.default_rng(0)
     one = rng.integers(0, 256, (1, size, size, 3), dtype=np.uint8)
     many = rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8)
-    batch1_ms = _median_ms(lambda: model.predictor.predict(one), rounds)
-    batchn_ms = _median_ms(lambda: model.predictor.predict(many), max(5, rounds // 4))
+    batch1 = _alternating_ms(
+        {n: partial(p.predict, one) for n, p in predictors.items()}, rounds, blocks=5
+    )
+    batchn = _alternating_ms(
+        {n: partial(p.predict, many) for n, p in predictors.items()}, max(6, rounds // 4), blocks=3
+    )
+    figures: dict[str, Any] = {"batch_size": batch_size}
+    inputs = np.stack(
+        [image_to_input(p.read_bytes(), card, max_pixels=10**8) for p in FIDELITY_PHOTOS]
+    )
+    expected = predictors["tensorflow"].predict(inputs)
+    figures["fidelity_photos"] = len(inputs)
+    for name, predictor in predictors.items():
+        fidelity = measure_fidelity(expected, predictor.predict(inputs))
+        figures |= {
+            f"{name}_batch1_images_per_s": 1000 / batch1[name],
+            f"{name}_batchn_images_per_s": batch_size * 1000 / batchn[name],
+            f"{name}_batch1_ratio": batch1["tensorflow"] / batch1[name],
+            f"{name}_batchn_ratio": batchn["tensorflow"] / batchn[name],
+            f"{name}_max_abs_dp": fidelity.max_abs_dp,
+            f"{name}_top1_agreement": fidelity.top1_agreement,
+        }
+    served = served_runtime(predictors)
     blobs = [path.read_bytes() for path in PHOTOS]
     index = iter(range(10**9))
 
     def decode_resize() -> np.ndarray:
-        return image_to_input(blobs[next(index) % len(blobs)], model.card, max_pixels=10**8)
+        return image_to_input(blobs[next(index) % len(blobs)], card, max_pixels=10**8)
 
     decode_ms = _median_ms(decode_resize, rounds)
-    pipeline_ms = _median_ms(lambda: model.predictor.predict(decode_resize()[None]), rounds)
-    return RawFigures(
-        batch1_ms=batch1_ms,
-        batch1_images_per_s=1000 / batch1_ms,
-        batch_size=batch_size,
-        batchn_ms=batchn_ms,
-        batchn_images_per_s=batch_size * 1000 / batchn_ms,
-        pipeline_p50_ms=pipeline_ms,
-        decode_resize_p50_ms=decode_ms,
-    )
+    pipeline_ms = _median_ms(lambda: predictors[served].predict(decode_resize()[None]), rounds)
+    return figures | {
+        "runtime": served,
+        "batch1_ms": batch1[served],
+        "batch1_images_per_s": 1000 / batch1[served],
+        "batchn_ms": batchn[served],
+        "batchn_images_per_s": batch_size * 1000 / batchn[served],
+        "pipeline_p50_ms": pipeline_ms,
+        "decode_resize_p50_ms": decode_ms,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,12 +161,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", default="", help="model cache (default: a temp dir)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    measure_and_report(
-        lambda cache: asdict(measure(args.batch_size, args.rounds, cache)),
-        cache_dir=args.cache_dir,
-        as_json=args.json,
-    )
+    figures: dict[str, Any] = {}
+
+    def measure_in(cache: Path) -> dict[str, Any]:
+        figures.update(measure(args.batch_size, args.rounds, cache))
+        return figures
+
+    measure_and_report(measure_in, cache_dir=args.cache_dir, as_json=args.json)
+    if not args.json:
+        sys.stdout.write("\n" + runtime_table(figures) + "\n")
     return 0
+
+
+def runtime_table(figures: dict[str, Any]) -> str:
+    """The runtimes side by side, as a Markdown table."""
+    n = figures["batch_size"]
+    lines = [
+        f"| runtime | batch 1 img/s | × tensorflow | batch {n} img/s | × tensorflow "
+        f"| max \\|dp\\| vs Keras | top-1 agreement ({figures['fidelity_photos']} photos) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name in RUNTIMES:
+        lines.append(
+            f"| {name} | {figures[f'{name}_batch1_images_per_s']:.0f} "
+            f"| {figures[f'{name}_batch1_ratio']:.2f} "
+            f"| {figures[f'{name}_batchn_images_per_s']:.0f} "
+            f"| {figures[f'{name}_batchn_ratio']:.2f} "
+            f"| {figures[f'{name}_max_abs_dp']:.2g} | {figures[f'{name}_top1_agreement']:.3f} |"
+        )
+    return "\n".join(lines)
 
 
 def measure_and_report(
@@ -107,13 +204,20 @@ def measure_and_report(
     report(figures, as_json=as_json)
 
 
-def report(figures: dict[str, float], *, as_json: bool) -> None:
+def report(figures: dict[str, Any], *, as_json: bool) -> None:
     """One JSON line (read by ``bench.run``), or one aligned line per figure."""
     if as_json:
         sys.stdout.write(json.dumps(figures) + "\n")
-    else:
-        for name, value in figures.items():
-            sys.stdout.write(f"{name:<24} {value:.2f}\n")
+        return
+    width = max(map(len, figures), default=0)
+    for name, value in figures.items():
+        sys.stdout.write(f"{name:<{width}} {_shown(value)}\n")
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if 0 < abs(value) < 0.01 else f"{value:.2f}"
+    return str(value)
 
 
 if __name__ == "__main__":

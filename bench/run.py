@@ -4,10 +4,11 @@
                         [--pairs 150] [--chart docs/bench.png] [--serve-arg --workers=1]
 
 1. ``queuenet serve`` (private Redis, gunicorn, worker) with the settings in the environment.
-2. In each of ``--repeats`` rounds: ``bench.raw_model`` in its own process (the bare
-   ``tf.function`` model at batch 1 and at ``QUEUENET_BATCH_SIZE``, and the bare in-process
-   pipeline: decode + resize + model), then ``bench.load`` for every concurrency. Medians
-   over the rounds; bare and service are measured in the same rounds, so both see the noise.
+2. In each of ``--repeats`` rounds: ``bench.raw_model`` in its own process (the bare model
+   under every runtime at batch 1 and at ``QUEUENET_BATCH_SIZE``, and the bare in-process
+   pipeline: decode + resize + the model under the runtime the service serves with), then
+   ``bench.load`` for every concurrency. Medians over the rounds; bare and service are
+   measured in the same rounds, so both see the noise.
    The worker's mean batch size comes from its Prometheus metrics, read by ``bench.load`` at
    the edges of the measured window (no warm-up ramp, no drain); RSS and CPU from /proc.
 3. ``bench.paired_latency``: one image at a time, the bare pipeline and the service back to
@@ -180,9 +181,14 @@ def measure(
     finally:
         service.send_signal(signal.SIGINT)
         service.wait(timeout=120)
-    raw: dict[str, Any] = {k: statistics.median(r[k] for r in raws) for k in raws[0]}
+    raw: dict[str, Any] = {k: _median_figure([r[k] for r in raws]) for k in raws[0]}
     raw["paired"] = paired
     return raw, {c: median_run(r) for c, r in runs.items()}
+
+
+def _median_figure(values: list[Any]) -> Any:
+    """The median of numbers; a name (``runtime``) is the same in every round."""
+    return statistics.median(values) if isinstance(values[0], int | float) else values[0]
 
 
 def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -203,11 +209,17 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def table(raw: dict[str, Any], service: dict[int, dict[str, Any]], batch_size: int) -> str:
     lines = [
-        f"bare model: batch 1 {raw['batch1_images_per_s']:.1f} img/s ({raw['batch1_ms']:.1f} ms), "
+        f"bare model ({raw.get('runtime', 'tensorflow')}): batch 1 "
+        f"{raw['batch1_images_per_s']:.1f} img/s ({raw['batch1_ms']:.1f} ms), "
         f"batch {batch_size} {raw['batchn_images_per_s']:.1f} img/s; bare pipeline "
         f"(decode+resize+model) p50 {raw['pipeline_p50_ms']:.1f} ms; "
         f"decode+resize p50 {raw['decode_resize_p50_ms']:.1f} ms",
         "",
+        *(
+            [f"runtimes (bench.raw_model): {runtime_summary(raw, batch_size)}", ""]
+            if "litert_batch1_ratio" in raw
+            else []
+        ),
         "| concurrency | req/s | × bare batch-N | p50 ms | p95 ms | p99 ms | mean batch "
         "| errors | load-gen CPU |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -253,6 +265,20 @@ def table(raw: dict[str, Any], service: dict[int, dict[str, Any]], batch_size: i
     web = max(r["web_rss_mb"] for r in service.values())
     lines.append(f"RSS: worker {worker:.0f} MB (target ≤ 1200), web process {web:.0f} MB (≤ 200)")
     return "\n".join(lines)
+
+
+def runtime_summary(raw: dict[str, Any], batch_size: int) -> str:
+    """Each runtime's images/s at batch 1 and N, its ratio to tensorflow and its fidelity."""
+    parts = []
+    for name in ("tensorflow", "litert", "litert_int8"):
+        parts.append(
+            f"{name} {raw[f'{name}_batch1_images_per_s']:.0f} / "
+            f"{raw[f'{name}_batchn_images_per_s']:.0f} img/s at batch 1 / {batch_size} "
+            f"({raw[f'{name}_batch1_ratio']:.2f}x / {raw[f'{name}_batchn_ratio']:.2f}x, "
+            f"max |dp| {raw[f'{name}_max_abs_dp']:.2g}, "
+            f"top-1 {raw[f'{name}_top1_agreement']:.0%})"
+        )
+    return "; ".join(parts)
 
 
 def chart(raw: dict[str, Any], service: dict[int, dict[str, Any]], path: Path) -> None:

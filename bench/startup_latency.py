@@ -42,8 +42,11 @@ def baseline_ms(cache_dir: Path, rounds: int) -> list[float]:
     from app.preprocess import image_to_input
     from worker.model import warm_up
     from worker.registry import load_model
+    from worker.settings import WorkerSettings
 
-    model = load_model("efficientnet-lite0", cache_dir=cache_dir)
+    # The runtime the service's worker serves with (QUEUENET_RUNTIME, default auto).
+    runtime = WorkerSettings.from_env(os.environ).runtime_options()
+    model = load_model("efficientnet-lite0", cache_dir=cache_dir, runtime=runtime)
     warm_up(model.predictor, [1])
     blobs = [path.read_bytes() for path in PHOTOS]
     timings = []

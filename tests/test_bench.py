@@ -131,7 +131,7 @@ def test_profile_charges_each_sample_to_its_deepest_stage_at_the_real_rate() -> 
     web_ms = ms_per_request([samples], 1, 5)
     assert web_ms["decode the image (Pillow)"] == 60.0
     assert web_ms["wait for the answer (BLPOP)"] == 100.0
-    worker_ms = {"model call (tf.function)": 90.0, "write the answer + ack (Redis)": 4.0}
+    worker_ms = {"model call": 90.0, "write the answer + ack (Redis)": 4.0}
     line = summary(Profile(5, 200.0, web_ms, worker_ms))[0]
     # 200 = bare (60 decode + 90 model) + web's own 10 + worker's own 4 + the rest 36.
     assert "bare pipeline stages (decode, resize, model) 150.0" in line
@@ -175,7 +175,7 @@ def test_profile_bench_shows_where_a_request_spends_its_time(
         and line.split("|")[2].strip().replace(".", "", 1).isdigit()
     }  # fmt: skip
     for stage in ("decode the image (Pillow)", "wait for the answer (BLPOP)",
-                  "push to Redis (RPUSH)", "model call (tf.function)",
+                  "push to Redis (RPUSH)", "model call",
                   "write the answer + ack (Redis)"):  # fmt: skip
         assert rows[stage] > 0, (stage, out.stdout)
     summary = next(line for line in out.stdout.splitlines() if "requests at concurrency 1" in line)

@@ -100,7 +100,10 @@ def serve(settings: WorkerSettings) -> int:
     started = time.monotonic()
     try:
         model = load_model(
-            settings.model, labels_path=settings.labels_path, cache_dir=settings.model_cache_dir
+            settings.model,
+            labels_path=settings.labels_path,
+            cache_dir=settings.model_cache_dir,
+            runtime=settings.runtime_options(),
         ).named(settings.model_name, settings.model_version)
     except ModelLoadError as exc:
         logger.error("cannot load model: %s", exc)

@@ -38,6 +38,10 @@ class KerasPredictor:
     ) -> None:
         import tensorflow as tf
 
+        self.model = model
+        """The Keras model; other runtimes convert it (see :mod:`worker.runtimes`)."""
+        self.preprocess = preprocess
+        """Applied to float32 RGB 0..255 inside the graph, before the model."""
         self._input_size = input_size
         spec = tf.TensorSpec([None, input_size, input_size, 3], tf.uint8)
 

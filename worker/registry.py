@@ -31,6 +31,7 @@ from typing import Any
 
 from protocol.messages import RESIZE_CENTER_CROP, RESIZE_STRETCH, ModelCard
 from worker.model import KerasPredictor, Predictor
+from worker.runtimes import RuntimeOptions, RuntimeRefusedError, serve_with
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +63,28 @@ class LoadedModel:
         )
 
 
-def load_model(spec: str, *, labels_path: str = "", cache_dir: Path) -> LoadedModel:
-    """Load the model ``spec`` refers to; raise :class:`ModelLoadError` with a clear message."""
+def load_model(
+    spec: str,
+    *,
+    labels_path: str = "",
+    cache_dir: Path,
+    runtime: RuntimeOptions | None = None,
+) -> LoadedModel:
+    """Load the model ``spec`` refers to, served by ``runtime`` (default: the Keras model's
+    ``tf.function``); raise :class:`ModelLoadError` with a clear message."""
+    loaded = _load_keras(spec, labels_path, cache_dir)
+    if runtime is None or not isinstance(loaded.predictor, KerasPredictor):
+        return loaded
+    try:
+        served = serve_with(
+            loaded.predictor, runtime, cache_dir=cache_dir, model_id=loaded.card.fingerprint
+        )
+    except RuntimeRefusedError as exc:
+        raise ModelLoadError(f"QUEUENET_RUNTIME={runtime.runtime} refused: {exc}") from exc
+    return dataclasses.replace(loaded, predictor=served.predictor)
+
+
+def _load_keras(spec: str, labels_path: str, cache_dir: Path) -> LoadedModel:
     variant = _lite_variant(spec)
     if variant is not None:
         return _load_efficientnet_lite(variant, cache_dir)

@@ -9,11 +9,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from protocol.errors import SettingsError
 from protocol.keys import model_name
 from protocol.settings import (
     LOG_FORMAT,
     LOG_LEVEL,
     RedisSettings,
+    choice,
     declare,
     from_env,
     nested,
@@ -22,6 +24,8 @@ from protocol.settings import (
     text,
     whole,
 )
+from worker.litert import QUANTIZATIONS
+from worker.runtimes import RUNTIMES, RuntimeOptions
 
 DEFAULT_MODEL = "efficientnet-lite0"
 
@@ -143,6 +147,29 @@ TF_INTER_OP_THREADS = declare(
     tier="worker",
     parse=whole(0),
 )
+RUNTIME = declare(
+    "RUNTIME",
+    "auto",
+    "what runs the model: `auto` (LiteRT on a CPU-only machine when its converted model passes "
+    "the fidelity check, else TensorFlow), `tensorflow`, `litert`",
+    tier="worker",
+    parse=choice(*RUNTIMES),
+)
+QUANTIZE = declare(
+    "QUANTIZE",
+    "none",
+    "`int8`: opt-in LiteRT full-integer quantisation; faster, and it changes answers (see "
+    '"Runtimes")',
+    tier="worker",
+    parse=choice(*QUANTIZATIONS),
+)
+RUNTIME_THREADS = declare(
+    "RUNTIME_THREADS",
+    0,
+    "threads of the LiteRT interpreter; 0 = the CPUs this process may run on",
+    tier="worker",
+    parse=whole(0, 1024),
+)
 METRICS_PORT = declare(
     "METRICS_PORT",
     0,
@@ -172,6 +199,9 @@ class WorkerSettings:
     worker_name: str = setting_field(WORKER_NAME)
     tf_intra_op_threads: int = setting_field(TF_INTRA_OP_THREADS)
     tf_inter_op_threads: int = setting_field(TF_INTER_OP_THREADS)
+    runtime: str = setting_field(RUNTIME)
+    quantize: str = setting_field(QUANTIZE)
+    runtime_threads: int = setting_field(RUNTIME_THREADS)
     metrics_port: int = setting_field(METRICS_PORT)
     log_level: str = setting_field(LOG_LEVEL)
     log_format: str = setting_field(LOG_FORMAT)
@@ -180,6 +210,9 @@ class WorkerSettings:
         """The configured name, or one unique to this process on this host."""
         return self.worker_name or f"{host_prefix()}{os.getpid()}"
 
+    def runtime_options(self) -> RuntimeOptions:
+        return RuntimeOptions(self.runtime, self.quantize, self.runtime_threads)
+
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> WorkerSettings:
         from worker.registry import derive_model_name
@@ -187,4 +220,8 @@ class WorkerSettings:
         settings = from_env(cls, env)
         if not settings.model_name:
             settings = replace(settings, model_name=derive_model_name(settings.model))
+        if settings.quantize != "none" and settings.runtime == "tensorflow":
+            raise SettingsError(
+                f"{QUANTIZE.variable}={settings.quantize} needs {RUNTIME.variable}=litert or auto"
+            )
         return settings
