@@ -14,7 +14,9 @@ def settings_in_code() -> set[str]:
     for package in ("app", "worker", "protocol", "queuenet"):
         for path in (ROOT / package).rglob("*.py"):
             text = path.read_text(encoding="utf-8")
-            names |= set(re.findall(r'env_(?:str|int|float|bool|choice)\(\s*env,\s*"([A-Z_]+)"', text))
+            names |= set(
+                re.findall(r'env_(?:str|int|float|bool|choice)\(\s*env,\s*"([A-Z_]+)"', text)
+            )
     return {f"QUEUENET_{name}" for name in names}
 
 
