@@ -4,7 +4,10 @@ backpressure, Redis outages and graceful stops. Nothing is lost, nothing hangs."
 from __future__ import annotations
 
 import io
+import json
+import re
 import signal
+import subprocess
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -106,10 +109,41 @@ def test_kill_9_a_worker_mid_batch_loses_nothing(
     assert survivor.poll() is None
 
 
+def process_log(live: LiveService, process: subprocess.Popen[bytes]) -> str:
+    """The whole log of one worker process started by ``live``."""
+    name = process.name  # type: ignore[attr-defined]
+    return next(live.workdir.glob(f"*-{name}.log")).read_text(errors="replace")
+
+
+REQUEST_LINE = re.compile(r"request POST /predict (.*)$", re.M)
+
+
+def web_request_lines(live: LiveService) -> list[dict[str, str]]:
+    """The ``key=value`` fields of every request line in the web logs (``worker=`` etc.)."""
+    text = "".join(p.read_text(errors="replace") for p in live.workdir.glob("*-web.log"))
+    return [dict(re.findall(r"(\w+)=(\S+)", line)) for line in REQUEST_LINE.findall(text)]
+
+
+def freeze_while_holding(live: LiveService, worker: subprocess.Popen[bytes]) -> list[str]:
+    """SIGSTOP ``worker`` at a moment it holds a claimed, unanswered batch; the job ids it
+    holds (the batch may still grow when it runs on: a claim can be half done)."""
+    key = f"{live.namespace}:processing:{worker.name}"  # type: ignore[attr-defined]
+    client = live.client
+    for _ in range(50):
+        live.wait_until_holding(worker)
+        worker.send_signal(signal.SIGSTOP)
+        held = client.lrange(key, 0, -1)
+        if held:
+            return [json.loads(raw)["id"] for raw in held]
+        worker.send_signal(signal.SIGCONT)  # it answered in between: try the next batch
+    raise AssertionError(f"could not catch {key} holding a batch")
+
+
 @pytest.mark.e2e
 def test_sigterm_under_load_finishes_the_batch_and_exits_0(
     live: LiveService, lite0: LoadedModel, model_cache: Path, data_dir: Path
 ) -> None:
+    """The leaving worker answers the batch in hand itself: nobody requeues it."""
     lite0_service(live, model_cache)
     leaving = live.start_worker()
     live.start_worker()
@@ -117,13 +151,33 @@ def test_sigterm_under_load_finishes_the_batch_and_exits_0(
     photo = (data_dir / "coffee.png").read_bytes()
     with ThreadPoolExecutor(max_workers=1) as pool:
         future = pool.submit(post_many, url, 60, photo)
-        live.wait_until_holding(leaving)
-        leaving.send_signal(signal.SIGTERM)
-        assert leaving.wait(timeout=30) == 0
+        held_jobs = freeze_while_holding(live, leaving)
+        leaving.send_signal(signal.SIGTERM)  # delivered as it runs on, the batch in hand
+        leaving.send_signal(signal.SIGCONT)
+        assert leaving.wait(timeout=60) == 0, live.logs()
         responses = future.result(timeout=120)
     assert [r.status_code for r in responses] == [200] * 60, live.logs()
-    assert live.client.llen(f"{live.namespace}:processing:{leaving.name}") == 0  # type: ignore[attr-defined]
+    name = leaving.name  # type: ignore[attr-defined]
+    assert live.client.llen(f"{live.namespace}:processing:{name}") == 0
     assert processing_total(live) == 0 and result_keys(live) == []
+
+    # Nobody took its items back: not the survivor, not the leaving worker itself.
+    assert f"of dead worker {name}" not in live.logs(None)
+    own_log = process_log(live, leaving)
+    assert "requeued" not in own_log and "stops holding" not in own_log, own_log
+    # It logged the batch in hand as done after the signal, and that was its last batch.
+    assert "signal SIGTERM" in own_log, own_log
+    after_signal = own_log.split("signal SIGTERM", 1)[1]
+    done = re.findall(
+        rf"batch done batch_id=(\w+) worker={re.escape(name)} size=(\d+)", after_signal
+    )
+    assert len(done) == 1, own_log
+    batch_id, size = done[0][0], int(done[0][1])
+    # Every answer of that batch came from the leaving worker, the held jobs among them.
+    answered = [line for line in web_request_lines(live) if line.get("batch_id") == batch_id]
+    assert len(answered) == size >= len(held_jobs) > 0, answered
+    assert all(line["worker"] == name and line["status"] == "200" for line in answered)
+    assert set(held_jobs) <= {line["job_id"] for line in answered}
 
 
 def test_sigterm_to_gunicorn_lets_in_flight_requests_finish(live: LiveService) -> None:
