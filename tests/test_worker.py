@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -14,7 +15,10 @@ from protocol.keys import Keys
 from protocol.messages import PredictRequest, decode_model_card, decode_result, encode_request
 from protocol.queue import Queue
 from tests.conftest import TINY_LABELS, TINY_SIZE
+from tests.helpers import wait_until
 from worker.loop import Worker
+from worker.model import Predictor
+from worker.registry import LoadedModel
 
 
 def enqueue(queue: Queue, colour: tuple[int, int, int], *, deadline_in_s: float = 30.0) -> str:
@@ -110,21 +114,87 @@ def test_items_of_a_dead_worker_are_answered_by_another(
     assert queue.held("crashed-worker") == 0
 
 
+class GatedPredictor:
+    """A real predictor whose ``predict()`` waits until the test opens the gate, so the test
+    can act while the worker holds a claimed, unanswered batch."""
+
+    def __init__(self, inner: Predictor) -> None:
+        self.inner = inner
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    @property
+    def input_size(self) -> int:
+        return self.inner.input_size
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        self.entered.set()
+        if not self.gate.wait(timeout=30):
+            raise RuntimeError("the test never opened the gate")
+        return self.inner.predict(batch)
+
+
+def held_job_ids(queue: Queue, worker: Worker) -> list[str]:
+    raw_items = queue.client.lrange(queue.keys.processing(worker.name), 0, -1)
+    return [json.loads(raw)["id"] for raw in raw_items]
+
+
+def assert_answered_by(queue: Queue, worker: Worker, jobs: list[str], label: str) -> None:
+    answered = [result(queue, job) for job in jobs]
+    assert all(r.ok and r.worker == worker.name for r in answered), answered
+    assert all(r.predictions[0].label == label for r in answered), answered
+    assert len({r.batch_id for r in answered}) == 1  # one batch, not re-claimed piecemeal
+
+
 def test_stop_request_finishes_the_batch_in_hand(
-    make_worker: Callable[..., Worker], queue: Queue
+    make_worker: Callable[..., Worker], queue: Queue, tiny_model: LoadedModel
 ) -> None:
-    worker = make_worker(block_timeout_s=0.5)
+    """The stop arrives while the model is working on a claimed batch: that batch is answered
+    by this worker and acknowledged, and nothing more is claimed."""
+    gated = GatedPredictor(tiny_model.predictor)
+    jobs = [enqueue(queue, (5, 5, 240)) for _ in range(4)]
+    worker = make_worker(dataclasses.replace(tiny_model, predictor=gated), batch_size=2)
     thread = threading.Thread(target=worker.run)
     thread.start()
-    jobs = [enqueue(queue, (5, 5, 240)) for _ in range(4)]
-    deadline = time.monotonic() + 10
-    while queue.client.exists(queue.keys.result(jobs[-1])) == 0 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    worker.request_stop()
-    thread.join(timeout=5)
+    try:
+        assert gated.entered.wait(timeout=30), "the worker never called predict()"
+        held = held_job_ids(queue, worker)
+        worker.request_stop()
+    finally:
+        gated.gate.set()
+        thread.join(timeout=30)
     assert not thread.is_alive()
-    assert all(result(queue, job).ok for job in jobs)
-    assert queue.held(worker.name) == 0
+    assert held == jobs[:2]  # the batch in hand when the stop was requested
+    assert_answered_by(queue, worker, held, "blue")
+    assert queue.held(worker.name) == 0 and worker.batches_done == 1
+    assert queue.depth() == 2  # the rest was not claimed after the stop
+    assert all(queue.client.exists(queue.keys.result(job)) == 0 for job in jobs[2:])
+
+
+def test_stop_request_while_the_batch_fills_still_answers_it(
+    make_worker: Callable[..., Worker], queue: Queue
+) -> None:
+    """The stop arrives after the claim, before the model ran: a worker that then dropped
+    the claimed items (or left them for another worker to requeue) fails here."""
+    jobs = [enqueue(queue, (240, 5, 5)) for _ in range(2)]
+    # Two items waiting make the first claim wait for the batch to fill, up to batch_wait_ms
+    # (today about 1 s at most: the server-side bound of the fill BLMOVE, FILL_SAFETY_TIMEOUT_S,
+    # ends it). That wait is the window in which the test requests the stop.
+    worker = make_worker(batch_size=8, batch_wait_ms=3000.0)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        wait_until(lambda: queue.held(worker.name) == 2, 30, "the worker to claim both items")
+        held = held_job_ids(queue, worker)
+        worker.request_stop()
+        assert worker.batches_done == 0, "the batch was done before the stop was requested"
+    finally:
+        worker.request_stop()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert held == jobs
+    assert_answered_by(queue, worker, jobs, "red")
+    assert queue.held(worker.name) == 0 and worker.batches_done == 1
 
 
 def test_a_restarted_worker_takes_back_its_own_leftovers(
