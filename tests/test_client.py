@@ -5,16 +5,22 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import os
+import pty
+import re
+import select
 import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import IO
 
 import pytest
 from PIL import Image
@@ -210,3 +216,126 @@ def test_queuenet_predict_cli(served: str, tmp_path: Path, data_dir: Path) -> No
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert missing.returncode == 1 and "no image matches" in missing.stderr
+
+
+# --- queuenet predict: progress bar on a terminal, exit statuses -------------------------------
+
+PREDICT = [sys.executable, "-m", "queuenet", "predict"]
+BAR_UPDATE = re.compile(r"\r\[([#.]{30})\] (\d+)/(\d+)")
+
+
+@dataclass(frozen=True)
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_predict(args: list[str], tmp_path: Path, *, terminal: bool) -> Run:
+    """``queuenet predict ARGS`` with stderr on a pseudo-terminal (``terminal``) or a pipe,
+    stdout to a file; returns the exit status, stdout and all the child wrote to stderr."""
+    stdout_path = tmp_path / f"stdout-{uuid.uuid4().hex[:6]}.txt"
+    with stdout_path.open("wb") as stdout:
+        if terminal:
+            returncode, stderr = run_on_terminal([*PREDICT, *args], stdout)
+        else:
+            done = subprocess.run(
+                [*PREDICT, *args], env=python_env({}), cwd=ROOT,
+                stdout=stdout, stderr=subprocess.PIPE, timeout=120,
+            )  # fmt: skip
+            returncode, stderr = done.returncode, done.stderr.decode()
+    return Run(returncode, stdout_path.read_text(), stderr)
+
+
+def run_on_terminal(command: list[str], stdout: IO[bytes]) -> tuple[int, str]:
+    """Run ``command`` with its stderr on a new pseudo-terminal; its status and what reached
+    the terminal."""
+    controller, terminal = pty.openpty()
+    try:
+        process = subprocess.Popen(
+            command, env=python_env({}), cwd=ROOT, stdout=stdout, stderr=terminal
+        )
+    finally:
+        os.close(terminal)  # the child has its own copy: EIO on our side once it exits
+    try:
+        seen = read_terminal(controller, timeout_s=120)
+        return process.wait(timeout=30), seen
+    finally:
+        os.close(controller)
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def read_terminal(controller: int, timeout_s: float) -> str:
+    """What arrives at the controlling side of a pseudo-terminal until its other side closes."""
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        readable, _, _ = select.select([controller], [], [], 1.0)
+        if not readable:
+            continue
+        try:
+            chunk = os.read(controller, 4096)
+        except OSError:  # EIO: every copy of the terminal side is closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    else:
+        raise AssertionError(f"queuenet predict still writing after {timeout_s}s")
+    return b"".join(chunks).decode(errors="replace")
+
+
+@pytest.fixture
+def four_images(tmp_path: Path) -> Path:
+    folder = tmp_path / "four"
+    folder.mkdir()
+    for n in range(4):
+        (folder / f"red-{n}.png").write_bytes(red_png())
+    return folder
+
+
+def test_cli_progress_bar_reaches_a_terminal_and_exit_0(
+    served: str, four_images: Path, tmp_path: Path
+) -> None:
+    out = run_predict(
+        ["--url", served, "--concurrency", "2", str(four_images)], tmp_path, terminal=True
+    )
+    assert out.returncode == 0, out  # every image answered
+    updates = BAR_UPDATE.findall(out.stderr)
+    assert [(int(n), int(total)) for _, n, total in updates] == [(n, 4) for n in range(1, 5)], out
+    assert [bar.count("#") for bar, _, _ in updates] == [7, 15, 22, 30]  # 30 * n / 4
+    assert "4 image(s), 0 failed" in out.stderr
+    assert [line.split()[1] for line in out.stdout.splitlines()[1:]] == ["red"] * 4
+
+
+@pytest.mark.parametrize(
+    ("flags", "terminal"),
+    [
+        pytest.param([], False, id="stderr-is-a-pipe"),
+        pytest.param(["--no-progress"], True, id="no-progress"),
+    ],
+)
+def test_cli_no_progress_bar_off_a_terminal_or_when_asked(
+    served: str, four_images: Path, tmp_path: Path, flags: list[str], terminal: bool
+) -> None:
+    out = run_predict(["--url", served, *flags, str(four_images)], tmp_path, terminal=terminal)
+    assert out.returncode == 0, out
+    assert BAR_UPDATE.search(out.stderr) is None and "/4" not in out.stderr, out.stderr
+    assert "4 image(s), 0 failed" in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        pytest.param(["--bogus", "x.png"], "unrecognized arguments: --bogus", id="unknown-option"),
+        pytest.param([], "the following arguments are required: paths", id="no-paths"),
+        pytest.param(["--top-k", "three", "x.png"], "invalid int value", id="bad-value"),
+    ],
+)
+def test_cli_usage_error_exits_2(args: list[str], message: str, tmp_path: Path) -> None:
+    out = run_predict(args, tmp_path, terminal=False)
+    assert out.returncode == 2, out
+    assert out.stderr.startswith("usage: queuenet predict") and message in out.stderr, out.stderr
+    assert out.stdout == ""
