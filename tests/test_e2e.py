@@ -168,10 +168,12 @@ def test_status_codes_through_gunicorn(stack: Stack) -> None:
     assert requests.get(f"{stack.url}/missing", timeout=5).json()["error"]["code"] == "not_found"
 
 
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_serve_starts_everything_and_stops_everything(
-    model_cache: Path, lite0: LoadedModel, tmp_path: Path, data_dir: Path
+    model_cache: Path, lite0: LoadedModel, tmp_path: Path, data_dir: Path, stop_signal: int
 ) -> None:
-    """The README's command: private Redis, gunicorn and a worker; Ctrl-C stops them all."""
+    """The README's command: private Redis, gunicorn and a worker; Ctrl-C (SIGINT) or SIGTERM
+    stops them all, and serve exits 0."""
     port = free_port()
     env = python_env({"QUEUENET_MODEL_CACHE_DIR": str(model_cache), "QUEUENET_BATCH_SIZE": "4"})
     log = tmp_path / "serve.log"
@@ -185,7 +187,7 @@ def test_serve_starts_everything_and_stops_everything(
         )
         pids = [int(p) for p in re.findall(r"pid[= ](\d+)", log.read_text())]
         assert len(pids) >= 3, log.read_text()  # redis, worker, web
-        serve.send_signal(signal.SIGINT)
+        serve.send_signal(stop_signal)
         assert serve.wait(timeout=60) == 0, log.read_text()
         left = [pid for pid in pids if os.path.exists(f"/proc/{pid}")]
         assert not left, f"processes left behind: {left}\n{log.read_text()}"
