@@ -80,7 +80,9 @@ def test_timeout(live: LiveService) -> None:
     started = time.monotonic()
     with pytest.raises(TimeoutError):
         QueueNetClient(url, timeout_s=0.5).predict(red_png())
-    assert time.monotonic() - started < 2
+    # The client's own 0.5 s timeout, not the server's 5 s deadline (a 504): any bound below
+    # 5 s shows it; 4 s leaves margin for a busy machine.
+    assert time.monotonic() - started < 4.0
 
 
 # --- 503 retries against a scripted HTTP server ---------------------------------------------

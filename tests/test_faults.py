@@ -50,7 +50,8 @@ def test_no_worker_gives_504_within_timeout(live: LiveService) -> None:
     elapsed_s = time.monotonic() - started
     assert response.status_code == 504, response.text
     assert response.json()["error"]["code"] == "prediction_timeout"
-    assert elapsed_s < 1.5 + 0.5
+    # The web's 1.5 s deadline, not the 10 s default: 2.5 s of margin for a busy machine.
+    assert elapsed_s < 1.5 + 2.5
 
 
 # --- worker death, graceful stop ---------------------------------------------------------------
@@ -296,7 +297,8 @@ def test_redis_outage_fails_fast_and_recovers_without_restarts(
             response = post(url, png((250, 5, 5)))
             assert response.status_code == 503, response.text
             assert response.json()["error"]["code"] == "queue_unavailable"
-            assert time.monotonic() - started < 1.0
+            # Fails fast (refused at once); 3 s is margin for a busy machine, not a timeout.
+            assert time.monotonic() - started < 3.0
         wait_until(lambda: "redis unreachable" in live.logs(None), 10, "the outage in the log")
         assert worker.poll() is None
         server.start()  # same address, empty data: the worker republishes its model card
