@@ -10,7 +10,7 @@ from flask.testing import FlaskClient
 from app import create_app
 from app.settings import AppSettings
 from protocol.settings import RedisSettings
-from tests.helpers import free_port, image_bytes
+from tests.helpers import free_port, image_bytes, wait_until
 from worker.loop import Worker
 
 
@@ -140,7 +140,14 @@ def test_multi_image_request_is_queued_whole_or_not_at_all(
     redis_settings: RedisSettings, running_worker: Worker
 ) -> None:
     client = create_app(AppSettings(redis=redis_settings, max_queue=2)).test_client()
-    running_worker.request_stop()  # nothing drains the queue now
+    running_worker.request_stop()  # nothing drains the queue once it has stopped
+    # Wait for that: a worker still in its blocking claim would take part of the request.
+    queue = running_worker.queue
+    wait_until(
+        lambda: not queue.client.sismember(queue.keys.workers(), running_worker.name),
+        10,
+        "the worker to stop and unregister",
+    )
     png = solid_png((1, 2, 3))
     response = client.post(
         "/predict", data={"image": [(io.BytesIO(png), f"{i}.png") for i in range(3)]}
