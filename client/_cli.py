@@ -1,7 +1,8 @@
 """``queuenet predict [--url URL] PATH...``: classify files, folders and globs.
 
 Prints a table (file, top label, probability) or ``--json``; a progress bar on a terminal;
-a summary line (count, failures, images/s); exit status 1 if any image failed.
+a summary line (count, failures, images/s). Exit status: 0 every image answered, 1 any
+image failed or a target matched nothing, 2 bad usage.
 """
 
 from __future__ import annotations

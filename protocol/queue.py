@@ -14,6 +14,7 @@ again for the claim and again for the acknowledgement (bench/redis_ops.py).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,8 +27,9 @@ logger = logging.getLogger(__name__)
 
 MAX_CLAIM = 1024
 """Upper bound on items claimed at once."""
-FILL_SAFETY_TIMEOUT_S = 1
-"""Server-side bound of a batch-fill BLMOVE, should its CLIENT UNBLOCK ever not arrive."""
+FILL_SAFETY_MARGIN_S = 1
+"""Seconds a batch-fill BLMOVE's server-side bound lies beyond the wait asked for, should its
+CLIENT UNBLOCK ever not arrive."""
 
 # Ack and answer a whole batch in one step, and only while it is still ours: the processing
 # list must be as we claimed it (its length) and the worker name must still be ours (the owner
@@ -222,7 +224,7 @@ class Queue:
         try:
             conn.send_command("CLIENT", "ID")  # type: ignore[no-untyped-call]
             conn.send_command(  # type: ignore[no-untyped-call]
-                "BLMOVE", *keys, "LEFT", "RIGHT", FILL_SAFETY_TIMEOUT_S
+                "BLMOVE", *keys, "LEFT", "RIGHT", math.ceil(wait_s) + FILL_SAFETY_MARGIN_S
             )
             conn.send_command("LLEN", keys[0])  # type: ignore[no-untyped-call]
             client_id = int(conn.read_response())

@@ -1,5 +1,5 @@
 """Shared fixtures: a real Redis server, a namespace per test, a tiny real Keras model,
-the Flask app and a worker running in a thread."""
+the Flask app and a worker running in a thread. With ``CI=true`` a skipped test fails."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import dataclasses
 import os
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +36,26 @@ TINY_SIZE = 8
 TINY_LABELS = ("red", "green", "blue", "grey")
 TINY_NAME = "tiny"
 TINY_VERSION = "1"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """With ``CI=true`` a skip is a failure: a test skipped for a missing system program is
+    exactly what CI must not hide. Expected failures (xfail) stay as they are."""
+    report = yield
+    if os.environ.get("CI") == "true" and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI: {skip_reason(report)}"
+    return report
+
+
+def skip_reason(report: pytest.TestReport) -> str:
+    """The reason given to ``pytest.skip`` or a skip mark (pytest keeps it in ``longrepr``)."""
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+    return reason.removeprefix("Skipped: ")
 
 
 @pytest.fixture(scope="session")

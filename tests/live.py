@@ -87,11 +87,11 @@ class LiveService:
         settings = WorkerSettings.from_env(env)
         process = spawn(["-m", "worker"], env, self.log(name))
         process.name = name  # type: ignore[attr-defined]
+        served = (model or settings.model_name, version or settings.model_version)
+        process.served = served  # type: ignore[attr-defined]
         self.workers.append(process)
         if wait:
-            registry = self.registry(
-                model or settings.model_name, version or settings.model_version
-            )
+            registry = self.registry(*served)
             wait_until(
                 lambda: name in registry.live_workers() or process.poll() is not None, 120, name
             )
@@ -128,17 +128,17 @@ class LiveService:
             for p in sorted(self.workdir.glob("*.log"))
         )
 
-    def wait_until_holding(
-        self,
-        worker: subprocess.Popen[bytes],
-        timeout_s: float = 60,
-        *,
-        model: str = "tiny",
-        version: str = "1",
-    ) -> int:
+    def registry_of(self, worker: subprocess.Popen[bytes]) -> WorkerRegistry:
+        """The registry of the model version ``worker`` serves."""
+        return self.registry(*worker.served)  # type: ignore[attr-defined]
+
+    def queue_of(self, worker: subprocess.Popen[bytes]) -> Queue:
+        return self.queue(*worker.served)  # type: ignore[attr-defined]
+
+    def wait_until_holding(self, worker: subprocess.Popen[bytes], timeout_s: float = 60) -> int:
         """Wait until ``worker`` holds a claimed batch; returns how many items it holds."""
         name = worker.name  # type: ignore[attr-defined]
-        registry = self.registry(model, version)
+        registry = self.registry_of(worker)
         wait_until(lambda: registry.held(name) > 0, timeout_s, f"{name} to hold a batch")
         return registry.held(name)
 

@@ -19,6 +19,8 @@ import pytest
 import redis
 import requests
 
+from protocol.keys import Keys
+from protocol.workers import WorkerRegistry
 from tests.helpers import ROOT, free_port, python_env, spawn, stop, wait_until
 from tests.reference import photo_paths, reference_input
 from worker.registry import LoadedModel
@@ -59,9 +61,11 @@ def stack(
     web = spawn(["-m", "queuenet", "web"], env, logs / "web.log")
     url = f"http://127.0.0.1:{port}"
     client = redis.Redis.from_url(redis_url)
-    card_key = f"{env['QUEUENET_NAMESPACE']}:model"
+    registry = WorkerRegistry(
+        client, Keys(env["QUEUENET_NAMESPACE"]).version("efficientnet-lite0", "1")
+    )
     try:
-        wait_until(lambda: bool(client.exists(card_key)) and _healthy(url), 180, "worker and web")
+        wait_until(lambda: bool(registry.live_workers()) and _healthy(url), 180, "worker and web")
         yield Stack(url, env, worker, web, logs)
     finally:
         assert stop(web) == 0, (logs / "web.log").read_text()
@@ -168,10 +172,12 @@ def test_status_codes_through_gunicorn(stack: Stack) -> None:
     assert requests.get(f"{stack.url}/missing", timeout=5).json()["error"]["code"] == "not_found"
 
 
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_serve_starts_everything_and_stops_everything(
-    model_cache: Path, lite0: LoadedModel, tmp_path: Path, data_dir: Path
+    model_cache: Path, lite0: LoadedModel, tmp_path: Path, data_dir: Path, stop_signal: int
 ) -> None:
-    """The README's command: private Redis, gunicorn and a worker; Ctrl-C stops them all."""
+    """The README's command: private Redis, gunicorn and a worker; Ctrl-C (SIGINT) or SIGTERM
+    stops them all, and serve exits 0."""
     port = free_port()
     env = python_env({"QUEUENET_MODEL_CACHE_DIR": str(model_cache), "QUEUENET_BATCH_SIZE": "4"})
     log = tmp_path / "serve.log"
@@ -185,7 +191,7 @@ def test_serve_starts_everything_and_stops_everything(
         )
         pids = [int(p) for p in re.findall(r"pid[= ](\d+)", log.read_text())]
         assert len(pids) >= 3, log.read_text()  # redis, worker, web
-        serve.send_signal(signal.SIGINT)
+        serve.send_signal(stop_signal)
         assert serve.wait(timeout=60) == 0, log.read_text()
         left = [pid for pid in pids if os.path.exists(f"/proc/{pid}")]
         assert not left, f"processes left behind: {left}\n{log.read_text()}"

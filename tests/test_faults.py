@@ -4,7 +4,10 @@ backpressure, Redis outages and graceful stops. Nothing is lost, nothing hangs."
 from __future__ import annotations
 
 import io
+import json
+import re
 import signal
+import subprocess
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -47,22 +50,19 @@ def test_no_worker_gives_504_within_timeout(live: LiveService) -> None:
     elapsed_s = time.monotonic() - started
     assert response.status_code == 504, response.text
     assert response.json()["error"]["code"] == "prediction_timeout"
-    assert elapsed_s < 1.5 + 0.5
+    # The web's 1.5 s deadline, not the 10 s default: 2.5 s of margin for a busy machine.
+    assert elapsed_s < 1.5 + 2.5
 
 
 # --- worker death, graceful stop ---------------------------------------------------------------
 
 
-def result_keys(live: LiveService) -> list[bytes]:
-    return list(live.client.scan_iter(match=f"{live.namespace}:result:*", count=1000))
+def result_keys(live: LiveService) -> list[str]:
+    return live.inspector().keys_of("result")
 
 
 def processing_total(live: LiveService) -> int:
-    client = live.client
-    return sum(
-        int(client.llen(key))
-        for key in client.scan_iter(match=f"{live.namespace}:processing:*", count=1000)
-    )
+    return live.inspector().footprint().held
 
 
 def lite0_service(live: LiveService, model_cache: Path) -> None:
@@ -106,10 +106,41 @@ def test_kill_9_a_worker_mid_batch_loses_nothing(
     assert survivor.poll() is None
 
 
+def process_log(live: LiveService, process: subprocess.Popen[bytes]) -> str:
+    """The whole log of one worker process started by ``live``."""
+    name = process.name  # type: ignore[attr-defined]
+    return next(live.workdir.glob(f"*-{name}.log")).read_text(errors="replace")
+
+
+REQUEST_LINE = re.compile(r"request POST /predict (.*)$", re.M)
+
+
+def web_request_lines(live: LiveService) -> list[dict[str, str]]:
+    """The ``key=value`` fields of every request line in the web logs (``worker=`` etc.)."""
+    text = "".join(p.read_text(errors="replace") for p in live.workdir.glob("*-web.log"))
+    return [dict(re.findall(r"(\w+)=(\S+)", line)) for line in REQUEST_LINE.findall(text)]
+
+
+def freeze_while_holding(live: LiveService, worker: subprocess.Popen[bytes]) -> list[str]:
+    """SIGSTOP ``worker`` at a moment it holds a claimed, unanswered batch; the job ids it
+    holds (the batch may still grow when it runs on: a claim can be half done)."""
+    name = worker.name  # type: ignore[attr-defined]
+    registry = live.registry_of(worker)
+    for _ in range(50):
+        live.wait_until_holding(worker)
+        worker.send_signal(signal.SIGSTOP)
+        held = registry.held_items(name)
+        if held:
+            return [json.loads(raw)["id"] for raw in held]
+        worker.send_signal(signal.SIGCONT)  # it answered in between: try the next batch
+    raise AssertionError(f"could not catch {name} holding a batch")
+
+
 @pytest.mark.e2e
 def test_sigterm_under_load_finishes_the_batch_and_exits_0(
     live: LiveService, lite0: LoadedModel, model_cache: Path, data_dir: Path
 ) -> None:
+    """The leaving worker answers the batch in hand itself: nobody requeues it."""
     lite0_service(live, model_cache)
     leaving = live.start_worker()
     live.start_worker()
@@ -117,13 +148,33 @@ def test_sigterm_under_load_finishes_the_batch_and_exits_0(
     photo = (data_dir / "coffee.png").read_bytes()
     with ThreadPoolExecutor(max_workers=1) as pool:
         future = pool.submit(post_many, url, 60, photo)
-        live.wait_until_holding(leaving)
-        leaving.send_signal(signal.SIGTERM)
-        assert leaving.wait(timeout=30) == 0
+        held_jobs = freeze_while_holding(live, leaving)
+        leaving.send_signal(signal.SIGTERM)  # delivered as it runs on, the batch in hand
+        leaving.send_signal(signal.SIGCONT)
+        assert leaving.wait(timeout=60) == 0, live.logs()
         responses = future.result(timeout=120)
     assert [r.status_code for r in responses] == [200] * 60, live.logs()
-    assert live.client.llen(f"{live.namespace}:processing:{leaving.name}") == 0  # type: ignore[attr-defined]
+    name = leaving.name  # type: ignore[attr-defined]
+    assert live.registry_of(leaving).held(name) == 0
     assert processing_total(live) == 0 and result_keys(live) == []
+
+    # Nobody took its items back: not the survivor, not the leaving worker itself.
+    assert f"of dead worker {name}" not in live.logs(None)
+    own_log = process_log(live, leaving)
+    assert "requeued" not in own_log and "stops holding" not in own_log, own_log
+    # It logged the batch in hand as done after the signal, and that was its last batch.
+    assert "signal SIGTERM" in own_log, own_log
+    after_signal = own_log.split("signal SIGTERM", 1)[1]
+    done = re.findall(
+        rf"batch done batch_id=(\w+) worker={re.escape(name)} size=(\d+)", after_signal
+    )
+    assert len(done) == 1, own_log
+    batch_id, size = done[0][0], int(done[0][1])
+    # Every answer of that batch came from the leaving worker, the held jobs among them.
+    answered = [line for line in web_request_lines(live) if line.get("batch_id") == batch_id]
+    assert len(answered) == size >= len(held_jobs) > 0, answered
+    assert all(line["worker"] == name and line["status"] == "200" for line in answered)
+    assert set(held_jobs) <= {line["job_id"] for line in answered}
 
 
 def test_sigterm_to_gunicorn_lets_in_flight_requests_finish(live: LiveService) -> None:
@@ -134,7 +185,8 @@ def test_sigterm_to_gunicorn_lets_in_flight_requests_finish(live: LiveService) -
     web, _ = live.webs[0]
     with ThreadPoolExecutor(max_workers=1) as pool:
         waiting = pool.submit(post, url, png((250, 5, 5)))
-        wait_until(lambda: int(live.client.llen(f"{live.namespace}:queue")) == 1, 10, "enqueue")
+        queue = live.queue_of(worker)
+        wait_until(lambda: queue.depth() == 1, 10, "enqueue")
         web.send_signal(signal.SIGTERM)
         time.sleep(0.5)  # gunicorn is now draining; the request must survive it
         live.start_worker()
@@ -177,7 +229,7 @@ def test_poison_item_is_retried_then_dead_lettered(
             "QUEUENET_MAX_ATTEMPTS": "3",
         }
     )
-    live.start_worker()
+    worker = live.start_worker()
     url = live.start_web()
     with ThreadPoolExecutor(max_workers=5) as pool:
         futures = [
@@ -188,7 +240,7 @@ def test_poison_item_is_retried_then_dead_lettered(
     assert [r.status_code for r in responses] == [200, 200, 500, 200, 200]
     error = responses[2].json()["error"]
     assert error["code"] == "prediction_failed" and "3 times" in error["message"]
-    assert int(live.client.llen(f"{live.namespace}:dead")) == 1
+    assert live.registry_of(worker).dead_letters() == 1
     assert live.logs(None).count("retrying job_id=") == 2
     assert processing_total(live) == 0
 
@@ -197,13 +249,22 @@ def test_expired_items_are_dropped_not_computed(live: LiveService) -> None:
     import numpy as np
 
     worker = live.start_worker()
+    card = live.registry_of(worker).card()
+    assert card is not None
     job = uuid.uuid4().hex
     request = PredictRequest.from_array(
-        job, np.zeros((8, 8, 3), np.uint8), top_k=1, deadline=time.time() - 1
+        job,
+        np.zeros((8, 8, 3), np.uint8),
+        top_k=1,
+        deadline=time.time() - 1,
+        model=card.name,
+        version=card.version,
+        card=card.fingerprint,
     )
-    live.client.rpush(f"{live.namespace}:queue", encode_request(request))
+    queue = live.queue_of(worker)
+    assert queue.push([encode_request(request)], max_queue=10)
     wait_until(lambda: "expired=1" in live.logs(None), 10, "the worker to drop the item")
-    assert live.client.exists(f"{live.namespace}:result:{job}") == 0
+    assert queue.peek_result(job) == ([], -2)
     assert processing_total(live) == 0 and worker.poll() is None
 
 
@@ -212,14 +273,14 @@ def test_full_queue_answers_503_and_enqueues_nothing(live: LiveService) -> None:
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=30) == 0
     url = live.start_web(QUEUENET_MAX_QUEUE="3")
-    queue_key = f"{live.namespace}:queue"
-    live.client.rpush(queue_key, b"filler-1", b"filler-2", b"filler-3")
+    queue = live.queue_of(worker)
+    assert queue.push([b"filler-1", b"filler-2", b"filler-3"], max_queue=3)
     response = post(url, png((5, 250, 5)))
     assert response.status_code == 503 and response.headers["Retry-After"] == "1"
     assert response.json()["error"]["code"] == "queue_full"
-    assert int(live.client.llen(queue_key)) == 3
+    assert queue.depth() == 3
     live.start_worker()  # drains the fillers (each gets an error result; no id, no answer)
-    wait_until(lambda: int(live.client.llen(queue_key)) == 0, 20, "the queue to drain")
+    wait_until(lambda: queue.depth() == 0, 20, "the queue to drain")
     assert post(url, png((5, 250, 5))).status_code == 200
 
 
@@ -242,7 +303,8 @@ def test_redis_outage_fails_fast_and_recovers_without_restarts(
             response = post(url, png((250, 5, 5)))
             assert response.status_code == 503, response.text
             assert response.json()["error"]["code"] == "queue_unavailable"
-            assert time.monotonic() - started < 1.0
+            # Fails fast (refused at once); 3 s is margin for a busy machine, not a timeout.
+            assert time.monotonic() - started < 3.0
         wait_until(lambda: "redis unreachable" in live.logs(None), 10, "the outage in the log")
         assert worker.poll() is None
         server.start()  # same address, empty data: the worker republishes its model card

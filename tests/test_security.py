@@ -9,7 +9,9 @@ import io
 import logging
 import shutil
 import subprocess
+import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,11 +27,18 @@ from app.auth import EXEMPT_PATHS
 from app.settings import AppSettings, parse_api_keys
 from protocol.connection import connect
 from protocol.errors import SettingsError
+from protocol.inspection import Inspector
+from protocol.keys import Keys
+from protocol.queue import Queue
+from protocol.routing import ModelDirectory
 from protocol.settings import RedisSettings
+from protocol.workers import WorkerRegistry
 from queuenet.embedded_redis import find_redis_server
 from tests.helpers import ROOT, free_port, wait_until
 from tests.live import LiveService, RestartableRedis
 from worker.loop import Worker
+from worker.registry import LoadedModel
+from worker.settings import WorkerSettings
 
 KEY_A = "alpha-0123456789-abcdefghij"
 KEY_B = "bravo-0123456789-klmnopqrst"
@@ -254,25 +263,85 @@ def password_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server.stop()
 
 
+@pytest.fixture
+def password_worker(
+    password_redis: str, tiny_model: LoadedModel
+) -> Iterator[tuple[Worker, threading.Thread]]:
+    """A worker on the password-protected Redis, in a namespace of its own, and the thread
+    to run it in (the test starts it)."""
+    namespace = f"pw-{uuid.uuid4().hex[:8]}"
+    settings = WorkerSettings(
+        redis=RedisSettings(url=password_redis, namespace=namespace),
+        worker_name=f"w-{uuid.uuid4().hex[:6]}",
+        batch_size=8,
+        block_timeout_s=0.05,
+        heartbeat_ttl_s=2,
+        model_name=tiny_model.card.name,
+        model_version=tiny_model.card.version,
+    )
+    client = redis.Redis.from_url(password_redis)
+    keys = Keys(namespace)
+    version = keys.version(tiny_model.card.name, tiny_model.card.version)
+    worker = Worker(
+        Queue(client, version),
+        WorkerRegistry(client, version),
+        ModelDirectory(client, keys),
+        tiny_model,
+        settings,
+    )
+    thread = threading.Thread(target=worker.run, daemon=True)
+    yield worker, thread
+    worker.request_stop()
+    if thread.is_alive():
+        thread.join(timeout=10)
+    Inspector(client, keys).delete_all()
+    client.close()
+
+
+def post_and_ready(url: str, namespace: str) -> tuple[int, dict[str, Any], dict[str, Any]]:
+    """Status and body of a POST /predict and the body of GET /readyz, in-process."""
+    app = create_app(AppSettings(redis=RedisSettings(url=url, namespace=namespace)))
+    try:
+        client = app.test_client()
+        started = time.monotonic()
+        response = client.post("/predict", data=multipart())
+        # Fails fast: Redis refuses at once, so this is no wait for a timeout. 3 s of margin
+        # (not 1 s) so a busy machine cannot fail it.
+        assert time.monotonic() - started < 3.0
+        body = response.get_data(as_text=True)
+        assert PASSWORD not in body and WRONG_PASSWORD not in body
+        ready = client.get("/readyz")
+        assert PASSWORD not in ready.get_data(as_text=True)
+        return response.status_code, response.get_json(), ready.get_json()
+    finally:
+        app.extensions["redis"].close()
+
+
 def test_password_in_url_works_and_a_wrong_one_is_503_without_leaking(
-    password_redis: str,
+    password_redis: str, password_worker: tuple[Worker, threading.Thread]
 ) -> None:
-    good = create_app(AppSettings(redis=RedisSettings(url=password_redis, namespace="pw")))
-    assert good.test_client().post("/predict", data=multipart()).status_code == 503
-    # ... 503 model_unavailable: Redis answered (no worker yet); now the failures:
+    worker, thread = password_worker
+    namespace = worker.queue.keys.namespace
+    # Before any worker: 503 model_unavailable, which only an answering Redis gives (no card).
+    status, body, ready = post_and_ready(password_redis, namespace)
+    assert (status, body["error"]["code"]) == (503, "model_unavailable"), body
+    assert ready["checks"]["redis"] == {"ok": True}, ready
+    # With a worker on the same URL: a prediction, so Redis carried it both ways.
+    thread.start()
+    wait_until(lambda: post_and_ready(password_redis, namespace)[0] == 200, 30, "a prediction")
+    status, body, ready = post_and_ready(password_redis, namespace)
+    assert status == 200 and body["predictions"][0]["label"] == "red", body
+    assert ready["ready"] is True, ready
+    worker.request_stop()
+    thread.join(timeout=10)
+    # Refused credentials: queue_unavailable, and /readyz says Redis is not ok.
     for url in (
         password_redis.replace(PASSWORD, WRONG_PASSWORD),
         password_redis.replace(f":{PASSWORD}@", ""),  # no password at all
     ):
-        client = create_app(AppSettings(redis=RedisSettings(url=url))).test_client()
-        started = time.monotonic()
-        response = client.post("/predict", data=multipart())
-        assert time.monotonic() - started < 1.0
-        assert response.status_code == 503
-        body = response.get_data(as_text=True)
-        assert response.get_json()["error"]["code"] == "queue_unavailable"
-        assert PASSWORD not in body and WRONG_PASSWORD not in body
-    good.extensions["redis"].close()
+        status, body, ready = post_and_ready(url, namespace)
+        assert (status, body["error"]["code"]) == (503, "queue_unavailable"), body
+        assert ready["checks"]["redis"]["ok"] is False, ready
 
 
 def test_percent_encoded_password_is_decoded_and_redacted() -> None:
@@ -304,20 +373,23 @@ def test_worker_and_gunicorn_with_a_redis_password(
         bad_url = service.start_web(QUEUENET_REDIS_URL=wrong_url)
         started = time.monotonic()
         reply = requests.post(f"{bad_url}/predict", files=files, timeout=30)
-        assert time.monotonic() - started < 2.0
+        # Fails fast (refused at once); 5 s is margin, far below the 10 s predict timeout.
+        assert time.monotonic() - started < 5.0
         assert reply.status_code == 503 and reply.json()["error"]["code"] == "queue_unavailable"
         wait_until(lambda: "invalid username-password pair" in service.logs(None), 5, "the web log")
 
-        # The worker with the wrong password does not spin silently: it keeps retrying with
-        # backoff and says why, once per attempt (or, should it be made fatal, exits).
+        # The worker with the wrong password neither spins nor retries forever: as the README
+        # promises, it stops with exit status 2 and says why. Generous: it loads a model first.
+        try:
+            status = bad_worker.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the refused worker kept running\n{service.logs()}") from None
         bad_log = next(tmp_path.glob(f"*-{bad_worker.name}.log"))  # type: ignore[attr-defined]
-
-        def reported() -> bool:
-            text = bad_log.read_text(errors="replace")
-            return bad_worker.poll() is not None or "invalid username-password pair" in text
-
-        wait_until(reported, 120, "the worker to report the wrong password")
-        assert "redis://:***@" in bad_log.read_text(errors="replace")  # redacted, not absent
+        bad_text = bad_log.read_text(errors="replace")
+        assert status == 2, bad_text
+        assert "Redis refused the credentials" in bad_text, bad_text
+        assert "invalid username-password pair" in bad_text, bad_text
+        assert "redis://:***@" in bad_text  # the URL it used is logged redacted, not absent
         logs = service.logs(None)
         assert PASSWORD not in logs and WRONG_PASSWORD not in logs
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -10,57 +11,70 @@ from collections.abc import Callable
 
 import numpy as np
 
-from protocol.keys import Keys
-from protocol.messages import PredictRequest, decode_model_card, decode_result, encode_request
+from protocol.messages import PredictRequest, decode_result, encode_request
 from protocol.queue import Queue
-from tests.conftest import TINY_LABELS, TINY_SIZE
+from protocol.workers import WorkerRegistry
+from tests.conftest import TINY_LABELS, TINY_NAME, TINY_SIZE, TINY_VERSION
+from tests.helpers import wait_until
 from worker.loop import Worker
+from worker.model import Predictor
+from worker.registry import LoadedModel
+
+UNBOUNDED = 10**9
 
 
 def enqueue(queue: Queue, colour: tuple[int, int, int], *, deadline_in_s: float = 30.0) -> str:
+    """A request as the web tier makes it for the tiny model (version 1, its card)."""
     job_id = uuid.uuid4().hex
     array = np.empty((TINY_SIZE, TINY_SIZE, 3), dtype=np.uint8)
     array[...] = colour
     request = PredictRequest.from_array(
-        job_id, array, top_k=2, deadline=time.time() + deadline_in_s
+        job_id,
+        array,
+        top_k=2,
+        deadline=time.time() + deadline_in_s,
+        model=TINY_NAME,
+        version=TINY_VERSION,
+        card="tiny-colours",
     )
-    queue.client.rpush(queue.keys.queue(), encode_request(request))
+    assert queue.push([encode_request(request)], max_queue=UNBOUNDED)
     return job_id
 
 
 def result(queue: Queue, job_id: str):
-    raw = queue.client.lpop(queue.keys.result(job_id))
+    raw = queue.wait_result(job_id, 1.0)
     assert isinstance(raw, bytes), f"no result for {job_id}"
     return decode_result(raw)
 
 
 def test_one_batch_answers_everything_and_acks(
-    make_worker: Callable[..., Worker], queue: Queue, keys: Keys
+    make_worker: Callable[..., Worker], queue: Queue, registry: WorkerRegistry
 ) -> None:
     jobs = [enqueue(queue, (240, 5, 5)), enqueue(queue, (5, 240, 5)), enqueue(queue, (5, 5, 240))]
     worker = make_worker()
     worker.run(max_batches=1)
-    labels = [result(queue, job).predictions[0].label for job in jobs]
-    assert labels == ["red", "green", "blue"]
-    assert queue.held(worker.name) == 0 and queue.depth() == 0
-    raw_card = queue.client.get(keys.model_card())
-    assert isinstance(raw_card, bytes)
-    card = decode_model_card(raw_card)
+    answers = [result(queue, job) for job in jobs]
+    assert [r.predictions[0].label for r in answers] == ["red", "green", "blue"]
+    assert all((r.model, r.version) == ("tiny", "1") for r in answers)
+    assert registry.held(worker.name) == 0 and queue.depth() == 0
+    card = registry.card()
+    assert card is not None
     assert card.input_size == TINY_SIZE and card.num_labels == len(TINY_LABELS)
-    assert queue.client.sismember(keys.workers(), worker.name) == 0  # retired cleanly
+    assert worker.name not in registry.registered()  # retired cleanly
 
 
-def test_results_expire(make_worker: Callable[..., Worker], queue: Queue, keys: Keys) -> None:
+def test_results_expire(make_worker: Callable[..., Worker], queue: Queue) -> None:
     job = enqueue(queue, (1, 2, 3))
     make_worker(result_ttl_s=7).run(max_batches=1)
-    assert 0 < queue.client.ttl(keys.result(job)) <= 7
+    answer, ttl_s = queue.peek_result(job)
+    assert len(answer) == 1 and 0 < ttl_s <= 7
 
 
 def test_bad_item_does_not_stop_the_batch(make_worker: Callable[..., Worker], queue: Queue) -> None:
     good = enqueue(queue, (240, 5, 5))
     bad_id = uuid.uuid4().hex
     bad = {
-        "v": 1,
+        "v": 2,
         "id": bad_id,
         "shape": [3, 3, 3],
         "dtype": "uint8",
@@ -68,23 +82,26 @@ def test_bad_item_does_not_stop_the_batch(make_worker: Callable[..., Worker], qu
         "top_k": 1,
         "deadline": time.time() + 30,
         "attempts": 0,
+        "model": TINY_NAME,
+        "version": TINY_VERSION,
+        "card": "tiny-colours",
     }
-    queue.client.rpush(queue.keys.queue(), json.dumps(bad), b"complete garbage")
+    assert queue.push([json.dumps(bad).encode(), b"complete garbage"], max_queue=UNBOUNDED)
     worker = make_worker()
     worker.run(max_batches=1)
     assert result(queue, good).ok
     failed = result(queue, bad_id)
     assert failed.error_code == "invalid_input" and "shape" in failed.error_message
-    assert queue.held(worker.name) == 0 and queue.depth() == 0
-    assert queue.client.exists(queue.keys.result("-")) == 0  # garbage is acked, not answered
+    assert worker.registry.held(worker.name) == 0 and queue.depth() == 0
+    assert queue.peek_result("-") == ([], -2)  # garbage is acked, not answered
 
 
 def test_expired_items_are_not_computed(make_worker: Callable[..., Worker], queue: Queue) -> None:
     job = enqueue(queue, (1, 2, 3), deadline_in_s=-1)
     worker = make_worker()
     worker.run(max_batches=1)
-    assert queue.client.exists(queue.keys.result(job)) == 0
-    assert queue.held(worker.name) == 0
+    assert queue.peek_result(job) == ([], -2)
+    assert worker.registry.held(worker.name) == 0
 
 
 def test_batches_are_capped_at_batch_size(make_worker: Callable[..., Worker], queue: Queue) -> None:
@@ -98,33 +115,100 @@ def test_batches_are_capped_at_batch_size(make_worker: Callable[..., Worker], qu
 
 
 def test_items_of_a_dead_worker_are_answered_by_another(
-    make_worker: Callable[..., Worker], queue: Queue, keys: Keys
+    make_worker: Callable[..., Worker], queue: Queue, registry: WorkerRegistry
 ) -> None:
     jobs = [enqueue(queue, (240, 5, 5)) for _ in range(3)]
-    queue.claim("crashed-worker", 3)  # claimed, then the process died: no heartbeat, no answer
-    queue.client.sadd(keys.workers(), "crashed-worker")
+    registry.beat("crashed-worker", b"{}", ttl_s=1, owner_token="old")
+    queue.claim("crashed-worker", 3)  # claimed, then the process died: no answer
+    wait_until(lambda: registry.live_workers() == [], 5, "its heartbeat to expire")
     survivor = make_worker()
     survivor.run(max_batches=1)
     answered = [result(queue, job) for job in jobs]
     assert all(r.ok and r.worker == survivor.name for r in answered)
-    assert queue.held("crashed-worker") == 0
+    assert registry.held("crashed-worker") == 0
+
+
+class GatedPredictor:
+    """A real predictor whose ``predict()`` waits until the test opens the gate, so the test
+    can act while the worker holds a claimed, unanswered batch."""
+
+    def __init__(self, inner: Predictor) -> None:
+        self.inner = inner
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    @property
+    def input_size(self) -> int:
+        return self.inner.input_size
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        self.entered.set()
+        if not self.gate.wait(timeout=30):
+            raise RuntimeError("the test never opened the gate")
+        return self.inner.predict(batch)
+
+
+def held_job_ids(worker: Worker) -> list[str]:
+    return [json.loads(raw)["id"] for raw in worker.registry.held_items(worker.name)]
+
+
+def assert_answered_by(queue: Queue, worker: Worker, jobs: list[str], label: str) -> None:
+    answered = [result(queue, job) for job in jobs]
+    assert all(r.ok and r.worker == worker.name for r in answered), answered
+    assert all(r.predictions[0].label == label for r in answered), answered
+    assert len({r.batch_id for r in answered}) == 1  # one batch, not re-claimed piecemeal
 
 
 def test_stop_request_finishes_the_batch_in_hand(
-    make_worker: Callable[..., Worker], queue: Queue
+    make_worker: Callable[..., Worker], queue: Queue, tiny_model: LoadedModel
 ) -> None:
-    worker = make_worker(block_timeout_s=0.5)
+    """The stop arrives while the model is working on a claimed batch: that batch is answered
+    by this worker and acknowledged, and nothing more is claimed."""
+    gated = GatedPredictor(tiny_model.predictor)
+    jobs = [enqueue(queue, (5, 5, 240)) for _ in range(4)]
+    worker = make_worker(dataclasses.replace(tiny_model, predictor=gated), batch_size=2)
     thread = threading.Thread(target=worker.run)
     thread.start()
-    jobs = [enqueue(queue, (5, 5, 240)) for _ in range(4)]
-    deadline = time.monotonic() + 10
-    while queue.client.exists(queue.keys.result(jobs[-1])) == 0 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    worker.request_stop()
-    thread.join(timeout=5)
+    try:
+        assert gated.entered.wait(timeout=30), "the worker never called predict()"
+        held = held_job_ids(worker)
+        worker.request_stop()
+    finally:
+        gated.gate.set()
+        thread.join(timeout=30)
     assert not thread.is_alive()
-    assert all(result(queue, job).ok for job in jobs)
-    assert queue.held(worker.name) == 0
+    assert held == jobs[:2]  # the batch in hand when the stop was requested
+    assert_answered_by(queue, worker, held, "blue")
+    assert worker.registry.held(worker.name) == 0 and worker.batches_done == 1
+    assert queue.depth() == 2  # the rest was not claimed after the stop
+    assert all(queue.peek_result(job) == ([], -2) for job in jobs[2:])
+
+
+def test_stop_request_while_the_batch_fills_still_answers_it(
+    make_worker: Callable[..., Worker], queue: Queue
+) -> None:
+    """The stop arrives after the claim, before the model ran: a worker that then dropped
+    the claimed items (or left them for another worker to requeue) fails here."""
+    jobs = [enqueue(queue, (240, 5, 5)) for _ in range(2)]
+    # Two items waiting make the first claim wait for the batch to fill, up to batch_wait_ms.
+    # That wait is the window in which the test requests the stop.
+    worker = make_worker(batch_size=8, batch_wait_ms=1500.0)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        wait_until(
+            lambda: worker.registry.held(worker.name) == 2, 30, "the worker to claim both items"
+        )
+        held = held_job_ids(worker)
+        worker.request_stop()
+        assert worker.batches_done == 0, "the batch was done before the stop was requested"
+    finally:
+        worker.request_stop()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert held == jobs
+    assert_answered_by(queue, worker, jobs, "red")
+    assert worker.registry.held(worker.name) == 0 and worker.batches_done == 1
 
 
 def test_a_restarted_worker_takes_back_its_own_leftovers(
@@ -135,7 +219,8 @@ def test_a_restarted_worker_takes_back_its_own_leftovers(
     jobs = [enqueue(queue, (5, 240, 5)) for _ in range(2)]
     worker = make_worker()
     queue.claim(worker.name, 2)  # the previous life claimed them, then died
-    queue.beat(worker.name, b"{}", ttl_s=60, owner_token="previous-life")  # not even expired
+    # Not even expired:
+    worker.registry.beat(worker.name, b"{}", ttl_s=60, owner_token="previous-life")
     worker.run(max_batches=1)
     assert all(result(queue, job).predictions[0].label == "green" for job in jobs)
-    assert queue.held(worker.name) == 0
+    assert worker.registry.held(worker.name) == 0

@@ -96,8 +96,9 @@ class Worker:
             except redis.AuthenticationError as exc:
                 # Not an outage: retrying cannot help. Stop so the supervisor shows it.
                 logger.error(
-                    "worker %s: Redis refused the credentials in QUEUENET_REDIS_URL (%s)",
+                    "worker %s: Redis refused the credentials in QUEUENET_REDIS_URL=%s (%s)",
                     self.name,
+                    self.settings.redis.redacted_url(),
                     exc,
                 )
                 self.fatal_error = str(exc)
@@ -176,8 +177,30 @@ class Worker:
                     outcomes=sum((p.outcomes for p in plans), Counter()),
                 )
             logger.exception("prediction failed job_id=%s", items[0].request.id)
-            return after_failure(items[0], str(exc), ctx)
-        return after_prediction(items, probabilities, ctx)
+            failed = after_failure(items[0], str(exc), ctx)
+            self._log_failures(items, failed)
+            return failed
+        predicted = after_prediction(items, probabilities, ctx)
+        self._log_failures(items, predicted)
+        return predicted
+
+    def _log_failures(self, items: Sequence[Item], plan: Plan) -> None:
+        """One line per item the model failed on: retried (at the queue head) or given up."""
+        for item, answer in zip(items, plan.answers, strict=True):
+            attempts = item.request.attempts + 1
+            if answer.retry:
+                logger.warning(
+                    "retrying job_id=%s attempt=%d of max_attempts=%d",
+                    item.request.id,
+                    attempts,
+                    self.settings.max_attempts,
+                )
+            elif answer.dead:
+                logger.error(
+                    "giving up job_id=%s after %d attempts; dead-lettered",
+                    item.request.id,
+                    attempts,
+                )
 
     def write_results(self, claimed: Sequence[bytes], answers: Sequence[Answer]) -> None:
         acked = self.queue.answer(
