@@ -631,3 +631,61 @@ def test_compose_file_matches_the_compose_spec() -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+COMPOSE: Obj = resources_from_file(str(ROOT / "docker-compose.yml"))[0]
+SERVICES: dict[str, Obj] = COMPOSE["services"]
+COMPOSE_WORKERS = sorted(
+    n for n, s in SERVICES.items() if s.get("command") == ["queuenet", "worker"]
+)
+
+
+def compose_env(service: str) -> dict[str, str]:
+    """A service's environment with ``${VAR:-default}`` interpolated from its default."""
+    env = SERVICES[service].get("environment", {})
+    assert isinstance(env, dict), f"{service}: write the environment as a mapping"
+    return {
+        name: re.sub(r"\$\{[A-Za-z_][A-Za-z0-9_]*:-([^}]*)\}", r"\1", str(value))
+        for name, value in env.items()
+    }
+
+
+def seconds(duration: str) -> float:
+    """A compose duration ("30s", "1m30s") in seconds."""
+    parts = re.fullmatch(r"(?:(\d+)m)?(?:(\d+)s)?", duration)
+    assert parts and duration, duration
+    return 60.0 * int(parts[1] or 0) + int(parts[2] or 0)
+
+
+@pytest.mark.parametrize("service", ["web", *COMPOSE_WORKERS])
+def test_compose_services_get_declared_settings_of_their_tier(service: str) -> None:
+    env = compose_env(service)
+    assert not sorted(settings_names(env) - DECLARED.keys())
+    role = "worker" if service in COMPOSE_WORKERS else "web"
+    elsewhere = sorted(n for n in settings_names(env) if DECLARED[n].tier not in ("all", role))
+    assert not elsewhere
+    if role == "web":
+        assert AppSettings.from_env(env).default_model == DEFAULT_MODEL
+
+
+@pytest.mark.parametrize("service", COMPOSE_WORKERS)
+def test_compose_worker_service_serves_its_model_version(service: str) -> None:
+    env = compose_env(service)
+    assert {"QUEUENET_MODEL", "QUEUENET_MODEL_NAME", "QUEUENET_MODEL_VERSION"} <= env.keys()
+    settings = WorkerSettings.from_env(env)
+    assert service.startswith(f"worker-{settings.model_name}")
+    worker = SERVICES[service]
+    assert worker["healthcheck"]["test"] == ["CMD", "queuenet", "worker", "--check"]
+    grace = seconds(worker["stop_grace_period"])
+    assert grace >= settings.drain_timeout_s + BATCH_AND_EXIT_S + GRACE_MARGIN_S
+    if settings.model not in prebuilt_models("Dockerfile"):
+        # The image's cache belongs to root; the container's /tmp is writable.
+        assert settings.model_cache_dir.is_relative_to("/tmp")
+
+
+def test_compose_serves_the_shipped_models() -> None:
+    served = [
+        (s.model_name, s.model_version)
+        for s in (WorkerSettings.from_env(compose_env(n)) for n in COMPOSE_WORKERS)
+    ]
+    assert sorted(served) == sorted(SHIPPED_MODELS)
