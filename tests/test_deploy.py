@@ -689,3 +689,12 @@ def test_compose_serves_the_shipped_models() -> None:
         for s in (WorkerSettings.from_env(compose_env(n)) for n in COMPOSE_WORKERS)
     ]
     assert sorted(served) == sorted(SHIPPED_MODELS)
+
+
+def test_scale_instructions_name_compose_services() -> None:
+    compose_text = (ROOT / "docker-compose.yml").read_text(encoding="utf-8")
+    in_compose = re.findall(r"--scale ([A-Za-z0-9_.-]+)=\d+", compose_text)
+    in_readme = re.findall(r"--scale ([A-Za-z0-9_.-]+)=\d+", README)
+    assert in_readme, "README.md shows no `docker compose up --scale`"
+    assert set(in_compose) | set(in_readme) <= SERVICES.keys()
+    assert set(COMPOSE_WORKERS) <= set(in_compose)  # the file shows how to scale each model
