@@ -353,7 +353,9 @@ def test_each_worker_deployment_names_its_model_version(deployment: Obj) -> None
     settings = worker_settings(deployment)
     labels = {MODEL_LABEL: settings.model_name, VERSION_LABEL: settings.model_version}
     assert labels.items() <= match_labels(deployment["spec"]["selector"]).items()
-    expected = f"queuenet-worker-{settings.model_name}-v{settings.model_version}"
+    # Object names are DNS labels: lower case, no "_" or "." (model names may have them).
+    version = f"{settings.model_name}-v{settings.model_version}"
+    expected = "queuenet-worker-" + re.sub(r"[^a-z0-9-]", "-", version.lower())
     assert name_of(deployment) == expected
     for kind in ("Deployment", "PodDisruptionBudget", "ScaledObject"):
         obj = get(kind, expected)
