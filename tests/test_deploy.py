@@ -327,7 +327,7 @@ def test_web_settings_from_the_pod_environment() -> None:
 
 def test_one_worker_deployment_per_shipped_model_version() -> None:
     served = [(s.model_name, s.model_version) for s in map(worker_settings, WORKERS)]
-    assert sorted(served) == sorted(SHIPPED_MODELS)
+    assert sorted(served) == sorted(SHIPPED_MODELS), "a rollout? update SHIPPED_MODELS"
 
 
 @pytest.mark.parametrize("deployment", WORKERS, ids=name_of)
