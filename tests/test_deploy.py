@@ -1,10 +1,11 @@
-"""The deployment files stay valid and agree with the code: Kubernetes manifests, the KEDA
-autoscaler, the GPU Dockerfile and the compose file.
+"""The deployment files stay valid and agree with the code: Kubernetes manifests (one worker
+Deployment and KEDA ScaledObject per model version), the GPU Dockerfile and the compose file.
 
 Everything here is offline. Kubernetes objects are checked against the JSON schemas that the
 ``kubernetes-validate`` package ships (strict: unknown fields are errors); KEDA's custom
 resources, which it does not know, are checked field by field. The environment each pod gets
-is put together as the kubelet would and read by the real settings classes.
+is put together as the kubelet would and read by the real settings classes; queue names come
+from ``protocol.keys``, never formatted here.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from kubernetes_validate.utils import resources_from_file  # type: ignore[import
 from app import create_app
 from app.settings import AppSettings
 from protocol.keys import Keys
+from protocol.settings import Setting, declared
 from tests.helpers import ROOT
+from worker.__main__ import version_keys
 from worker.settings import WorkerSettings
 
 K8S_DIR = ROOT / "deploy" / "k8s"
@@ -38,6 +41,13 @@ CUSTOM_KINDS = {"ScaledObject", "TriggerAuthentication"}
 """KEDA's resources: not in kubernetes-validate, checked by the tests below instead."""
 NAMESPACE = "queuenet"
 README = (ROOT / "README.md").read_text(encoding="utf-8")
+MODEL_LABEL = "queuenet.io/model"
+VERSION_LABEL = "queuenet.io/model-version"
+SHIPPED_MODELS = {("efficientnet-lite0", "1"), ("efficientnet-lite2", "1")}
+"""(QUEUENET_MODEL_NAME, QUEUENET_MODEL_VERSION) of the example worker Deployments."""
+DEFAULT_MODEL = "efficientnet-lite0"
+DECLARED: dict[str, Setting] = {s.variable: s for s in declared()}
+"""Every QUEUENET_* setting (app.settings and worker.settings are imported above)."""
 
 # Routes the probes and the scraper use. /healthz exists; /readyz and /metrics are planned.
 LIVENESS_PATH = "/healthz"
@@ -75,9 +85,26 @@ def container(deployment: Obj) -> Obj:
     return containers[0]
 
 
+def name_of(obj: Obj) -> str:
+    name: str = obj["metadata"]["name"]
+    return name
+
+
+def pod_labels(deployment: Obj) -> dict[str, str]:
+    labels: dict[str, str] = deployment["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
 WEB = get("Deployment", "queuenet-web")
-WORKER = get("Deployment", "queuenet-worker")
 REDIS = get("Deployment", "queuenet-redis")
+WORKERS = sorted(
+    (
+        d
+        for d in of_kind("Deployment")
+        if pod_labels(d).get("app.kubernetes.io/component") == "worker"
+    ),
+    key=name_of,
+)
 CONFIG = get("ConfigMap", "queuenet-config")
 SECRET = get("Secret", "queuenet-secrets")
 REDIS_SERVICE = get("Service", "queuenet-redis")
@@ -128,30 +155,50 @@ def test_every_object_is_in_the_namespace() -> None:
             assert obj["metadata"].get("namespace") == NAMESPACE, obj["metadata"]["name"]
 
 
-def test_selectors_targets_and_ports_line_up() -> None:
-    deployments = of_kind("Deployment")
-    for deployment in deployments:
-        selector = deployment["spec"]["selector"]["matchLabels"]
-        labels = deployment["spec"]["template"]["metadata"]["labels"]
-        assert selector.items() <= labels.items(), deployment["metadata"]["name"]
+def match_labels(selector: Obj) -> dict[str, str]:
+    """A label selector's ``matchLabels``; the tests below compare only those, so there must
+    be nothing else (a ``matchExpressions`` would go unchecked)."""
+    assert selector.keys() == {"matchLabels"}, selector
+    labels: dict[str, str] = selector["matchLabels"]
+    return labels
 
-    def selected(selector: Mapping[str, str]) -> list[Obj]:
-        return [
-            d
-            for d in deployments
-            if selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()
-        ]
+
+def selected(selector: Mapping[str, str]) -> list[str]:
+    """Names of the Deployments whose pods ``selector`` selects."""
+    return [name_of(d) for d in of_kind("Deployment") if selector.items() <= pod_labels(d).items()]
+
+
+def test_selectors_targets_and_ports_line_up() -> None:
+    for deployment in of_kind("Deployment"):
+        selector = match_labels(deployment["spec"]["selector"])
+        assert selector.items() <= pod_labels(deployment).items(), name_of(deployment)
 
     for service in of_kind("Service"):
         (target,) = selected(service["spec"]["selector"])
-        port_names = {p["name"] for p in container(target)["ports"]}
+        port_names = {p["name"] for p in container(get("Deployment", target))["ports"]}
         for port in service["spec"]["ports"]:
             assert port["targetPort"] in port_names
-    for budget in of_kind("PodDisruptionBudget"):
-        assert len(selected(budget["spec"]["selector"]["matchLabels"])) == 1
     for autoscaler in of_kind("HorizontalPodAutoscaler"):
         ref = autoscaler["spec"]["scaleTargetRef"]
         assert get(ref["kind"], ref["name"])
+
+
+def test_no_two_deployments_or_budgets_select_each_others_pods() -> None:
+    """Each Deployment's selector and topology spread, and each PodDisruptionBudget, select the
+    pods of one Deployment only: two model versions' workers never count as each other's."""
+    for deployment in of_kind("Deployment"):
+        name = name_of(deployment)
+        assert selected(match_labels(deployment["spec"]["selector"])) == [name]
+        pod = deployment["spec"]["template"]["spec"]
+        for constraint in pod.get("topologySpreadConstraints", []):
+            assert selected(match_labels(constraint["labelSelector"])) == [name]
+    budgets = {
+        name_of(b): selected(match_labels(b["spec"]["selector"]))
+        for b in of_kind("PodDisruptionBudget")
+    }
+    # Each budget is named after the one Deployment it covers; every worker has one.
+    assert all(targets == [name] for name, targets in budgets.items()), budgets
+    assert {name_of(w) for w in WORKERS} <= budgets.keys()
 
 
 # --- what runs in the pods -------------------------------------------------------------------
@@ -164,7 +211,7 @@ def image_user(dockerfile: str) -> tuple[int, int]:
     return int(users[0][0]), int(users[0][1])
 
 
-@pytest.mark.parametrize("deployment", [WEB, WORKER, REDIS], ids=lambda d: d["metadata"]["name"])
+@pytest.mark.parametrize("deployment", [WEB, *WORKERS, REDIS], ids=name_of)
 def test_pods_run_unprivileged_on_a_read_only_root(deployment: Obj) -> None:
     pod = deployment["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -188,7 +235,7 @@ def test_pods_run_unprivileged_on_a_read_only_root(deployment: Obj) -> None:
 def test_queuenet_pods_run_as_the_image_user() -> None:
     uid, gid = image_user("Dockerfile")
     assert image_user("Dockerfile.gpu") == (uid, gid) == (10001, 10001)
-    for deployment in (WEB, WORKER):
+    for deployment in (WEB, *WORKERS):
         context = deployment["spec"]["template"]["spec"]["securityContext"]
         assert (context["runAsUser"], context["runAsGroup"]) == (uid, gid)
         assert container(deployment)["image"] == "queuenet:latest"
@@ -236,12 +283,26 @@ def settings_names(env: Mapping[str, str]) -> set[str]:
     return {name for name in env if name.startswith("QUEUENET_")}
 
 
-@pytest.mark.parametrize("deployment", [WEB, WORKER], ids=lambda d: d["metadata"]["name"])
-def test_every_setting_given_to_a_pod_is_a_documented_one(deployment: Obj) -> None:
-    """A misspelt QUEUENET_ variable would be ignored silently; README lists the real ones."""
-    names = settings_names(pod_env(deployment)) | settings_names(CONFIG["data"])
-    undocumented = sorted(name for name in names if f"`{name}`" not in README)
-    assert not undocumented
+def tier(deployment: Obj) -> str:
+    component = pod_labels(deployment)["app.kubernetes.io/component"]
+    assert component in ("web", "worker")
+    return component
+
+
+@pytest.mark.parametrize("deployment", [WEB, *WORKERS], ids=name_of)
+def test_every_setting_given_to_a_pod_is_a_declared_one(deployment: Obj) -> None:
+    """A misspelt QUEUENET_ variable would be ignored silently; the declarations are the real
+    ones. What a Deployment sets itself (not the shared ConfigMap) is read by its own tier."""
+    env = pod_env(deployment)
+    assert not sorted(settings_names(env) - DECLARED.keys())
+    assert not sorted(settings_names(CONFIG["data"]) - DECLARED.keys())
+    own = settings_names({var["name"]: "" for var in container(deployment).get("env", [])})
+    elsewhere = sorted(n for n in own if DECLARED[n].tier not in ("all", tier(deployment)))
+    assert not elsewhere, f"{name_of(deployment)} sets settings another tier reads: {elsewhere}"
+
+
+def worker_settings(deployment: Obj) -> WorkerSettings:
+    return WorkerSettings.from_env(pod_env(deployment))
 
 
 def check_redis_url(url: str) -> None:
@@ -259,17 +320,72 @@ def test_web_settings_from_the_pod_environment() -> None:
     assert settings.redis.namespace == CONFIG["data"]["QUEUENET_NAMESPACE"]
     assert settings.log_format == "json"
     check_redis_url(settings.redis.url)
+    # POST /predict serves a model that a worker Deployment serves.
+    assert settings.default_model == DEFAULT_MODEL
+    assert settings.default_model in {worker_settings(w).model_name for w in WORKERS}
 
 
-def test_worker_settings_from_the_pod_environment() -> None:
-    settings = WorkerSettings.from_env(pod_env(WORKER))
+def test_one_worker_deployment_per_shipped_model_version() -> None:
+    served = [(s.model_name, s.model_version) for s in map(worker_settings, WORKERS)]
+    assert sorted(served) == sorted(SHIPPED_MODELS), "a rollout? update SHIPPED_MODELS"
+
+
+@pytest.mark.parametrize("deployment", WORKERS, ids=name_of)
+def test_worker_settings_from_the_pod_environment(deployment: Obj) -> None:
+    settings = worker_settings(deployment)
     assert settings.batch_size == int(CONFIG["data"]["QUEUENET_BATCH_SIZE"])
     assert settings.redis.namespace == CONFIG["data"]["QUEUENET_NAMESPACE"]
     # Empty: names default to "{hostname}-{pid}", which `--check` finds by the pod's hostname.
     assert settings.worker_name == ""
-    cpu_limit = quantity(container(WORKER)["resources"]["limits"]["cpu"])
+    cpu_limit = quantity(container(deployment)["resources"]["limits"]["cpu"])
     assert settings.tf_intra_op_threads == settings.tf_inter_op_threads == math.ceil(cpu_limit)
     check_redis_url(settings.redis.url)
+
+
+@pytest.mark.parametrize("deployment", WORKERS, ids=name_of)
+def test_each_worker_deployment_names_its_model_version(deployment: Obj) -> None:
+    """QUEUENET_MODEL, _NAME and _VERSION are set on the Deployment itself (the probes'
+    `queuenet worker --check` reads them too), and its names and labels say the same."""
+    own = {var["name"] for var in container(deployment)["env"]}
+    model_settings = {"QUEUENET_MODEL", "QUEUENET_MODEL_NAME", "QUEUENET_MODEL_VERSION"}
+    assert model_settings <= own
+    assert not model_settings & CONFIG["data"].keys()  # the ConfigMap is shared by all models
+    settings = worker_settings(deployment)
+    labels = {MODEL_LABEL: settings.model_name, VERSION_LABEL: settings.model_version}
+    assert labels.items() <= match_labels(deployment["spec"]["selector"]).items()
+    # Object names are DNS labels: lower case, no "_" or "." (model names may have them).
+    version = f"{settings.model_name}-v{settings.model_version}"
+    expected = "queuenet-worker-" + re.sub(r"[^a-z0-9-]", "-", version.lower())
+    assert name_of(deployment) == expected
+    for kind in ("Deployment", "PodDisruptionBudget", "ScaledObject"):
+        obj = get(kind, expected)
+        assert labels.items() <= obj["metadata"]["labels"].items(), kind
+    assert (
+        labels.items()
+        <= match_labels(get("PodDisruptionBudget", expected)["spec"]["selector"]).items()
+    )
+
+
+def prebuilt_models(dockerfile: str) -> set[str]:
+    """The models the image builds into its (read-only) model cache."""
+    text = (ROOT / dockerfile).read_text(encoding="utf-8")
+    return set(re.findall(r"load_model\('([^']+)'", text))
+
+
+@pytest.mark.parametrize("deployment", WORKERS, ids=name_of)
+def test_a_model_the_image_lacks_is_built_where_the_pod_can_write(deployment: Obj) -> None:
+    settings = worker_settings(deployment)
+    assert DEFAULT_MODEL in prebuilt_models("Dockerfile")  # the manifests say it is
+    if settings.model in prebuilt_models("Dockerfile"):
+        return
+    pod = deployment["spec"]["template"]["spec"]
+    empty_dirs = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
+    writable = [
+        Path(m["mountPath"])
+        for m in container(deployment)["volumeMounts"]
+        if m["name"] in empty_dirs
+    ]
+    assert any(settings.model_cache_dir.is_relative_to(path) for path in writable)
 
 
 def test_redis_requires_the_secret_password_and_keeps_nothing_on_disk() -> None:
@@ -327,21 +443,50 @@ def test_web_service_autoscaler_and_budget() -> None:
 # --- the workers -----------------------------------------------------------------------------
 
 
-def test_worker_probes_resources_and_shutdown() -> None:
-    worker = container(WORKER)
+BATCH_AND_EXIT_S = 10.0
+"""What a stopping worker may need after its drain: the batch in hand when the drain timeout
+passes (32 images take Lite2 0.6 s on 2 free cores: 10 s leaves room for a busy node) and
+TensorFlow's exit."""
+GRACE_MARGIN_S = 5.0
+
+
+@pytest.mark.parametrize("deployment", WORKERS, ids=name_of)
+def test_worker_probes_resources_and_shutdown(deployment: Obj) -> None:
+    worker = container(deployment)
     assert worker["command"] == ["queuenet", "worker"]
     startup, liveness = worker["startupProbe"], worker["livenessProbe"]
+    # No flags: `--check` looks for this pod's heartbeat among the workers of the model version
+    # that the environment names, the version the worker serves.
     check = ["queuenet", "worker", "--check"]
     assert startup["exec"]["command"] == liveness["exec"]["command"] == check
     # Model load and warm-up must fit in the startup budget with room to spare.
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 120
-    # A missed heartbeat or two (TTL QUEUENET_HEARTBEAT_TTL_S = 10 s) is no reason to restart.
-    assert liveness["periodSeconds"] * liveness["failureThreshold"] >= 3 * 10
-    assert worker["resources"]["requests"] == {"cpu": "1", "memory": "1Gi"}
-    assert worker["resources"]["limits"]["memory"] == "1536Mi"
-    assert WORKER["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 30
-    assert "replicas" not in WORKER["spec"]  # KEDA owns it
-    assert get("PodDisruptionBudget", "queuenet-worker")["spec"]["maxUnavailable"] == 1
+    settings = worker_settings(deployment)
+    # A missed heartbeat or two is no reason to restart.
+    assert liveness["periodSeconds"] * liveness["failureThreshold"] >= 3 * settings.heartbeat_ttl_s
+    assert "replicas" not in deployment["spec"]  # KEDA owns it
+    assert get("PodDisruptionBudget", name_of(deployment))["spec"]["maxUnavailable"] == 1
+    # The last worker of a version answers its queue for up to the drain timeout on SIGTERM;
+    # the kubelet must not kill it first.
+    grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace >= settings.drain_timeout_s + BATCH_AND_EXIT_S + GRACE_MARGIN_S
+
+
+def memory(value: str) -> float:
+    """A Kubernetes memory quantity in bytes: "1536Mi", "2Gi"."""
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+    return float(value[:-2]) * units[value[-2:]] if value[-2:] in units else float(value)
+
+
+def test_each_model_gets_resources_for_its_size() -> None:
+    by_model = {worker_settings(w).model_name: container(w)["resources"] for w in WORKERS}
+    lite0, lite2 = by_model["efficientnet-lite0"], by_model["efficientnet-lite2"]
+    assert lite0["requests"] == {"cpu": "1", "memory": "1Gi"}
+    assert lite0["limits"] == {"cpu": "2", "memory": "1536Mi"}
+    # Lite2 (260 px, 6.1 M parameters) needs twice Lite0's CPU per image and more memory.
+    for section in ("requests", "limits"):
+        assert quantity(lite2[section]["cpu"]) == 2 * quantity(lite0[section]["cpu"])
+        assert memory(lite2[section]["memory"]) > memory(lite0[section]["memory"])
 
 
 SCALED_OBJECT_SPEC = {
@@ -359,13 +504,27 @@ SCALED_OBJECT_SPEC = {
 TRIGGER_FIELDS = {"type", "name", "metadata", "authenticationRef", "metricType", "useCachedMetrics"}
 
 
-def test_keda_scales_the_workers_on_the_request_queue() -> None:
-    scaled = get("ScaledObject", "queuenet-worker")
+def scaled_objects_of(deployment: Obj) -> list[Obj]:
+    return [
+        o
+        for o in of_kind("ScaledObject")
+        if o["spec"]["scaleTargetRef"]["name"] == name_of(deployment)
+    ]
+
+
+def test_every_scaled_object_scales_a_worker_deployment() -> None:
+    targets = sorted(o["spec"]["scaleTargetRef"]["name"] for o in of_kind("ScaledObject"))
+    assert targets == sorted(name_of(w) for w in WORKERS)
+
+
+@pytest.mark.parametrize("deployment", WORKERS, ids=name_of)
+def test_keda_scales_each_worker_deployment_on_its_own_queue(deployment: Obj) -> None:
+    (scaled,) = scaled_objects_of(deployment)
     assert scaled["apiVersion"] == KEDA_API
+    assert name_of(scaled) == name_of(deployment)
     spec = scaled["spec"]
     assert spec.keys() <= SCALED_OBJECT_SPEC
     target = spec["scaleTargetRef"]
-    assert target["name"] == WORKER["metadata"]["name"]
     assert target.get("kind", "Deployment") == "Deployment"
     assert target.get("apiVersion", "apps/v1") == "apps/v1"
     assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (1, 8)
@@ -375,13 +534,24 @@ def test_keda_scales_the_workers_on_the_request_queue() -> None:
     assert trigger["type"] == "redis"
     metadata = trigger["metadata"]
     assert all(isinstance(value, str) for value in metadata.values())  # map[string]string
-    assert metadata["listName"] == Keys().queue()
-    assert metadata["listName"] == Keys(CONFIG["data"]["QUEUENET_NAMESPACE"]).queue()
-    assert metadata["listLength"] == "32" == CONFIG["data"]["QUEUENET_BATCH_SIZE"]
+    # The queue of the model version this Deployment's own environment names, in the
+    # namespace of the ConfigMap; the same key the worker (and its `--check`) uses.
+    env = pod_env(deployment)
+    queue = (
+        Keys(CONFIG["data"]["QUEUENET_NAMESPACE"])
+        .version(env["QUEUENET_MODEL_NAME"], env["QUEUENET_MODEL_VERSION"])
+        .queue()
+    )
+    assert metadata["listName"] == queue
+    settings = worker_settings(deployment)
+    assert metadata["listName"] == version_keys(settings).queue()
+    # About one batch waiting per worker.
+    assert metadata["listLength"] == str(settings.batch_size)
     # Resolved from KEDA's own namespace: the Service's name must be namespace-qualified.
     host, _, port = metadata["address"].rpartition(":")
     assert host.split(".")[:2] == [REDIS_SERVICE["metadata"]["name"], NAMESPACE]
     assert int(port) == REDIS_SERVICE["spec"]["ports"][0]["port"]
+    assert metadata["databaseIndex"] == urlsplit(settings.redis.url).path.lstrip("/")
 
     auth = get("TriggerAuthentication", trigger["authenticationRef"]["name"])
     assert auth["apiVersion"] == KEDA_API
@@ -390,18 +560,37 @@ def test_keda_scales_the_workers_on_the_request_queue() -> None:
     assert ref["key"] in get("Secret", ref["name"])["stringData"]
 
 
-def test_kustomize_builds_the_manifests() -> None:
+def kustomize(directory: Path) -> list[str]:
+    """The kinds of the objects ``kubectl kustomize`` builds from ``directory``."""
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.skip("kubectl is not installed")
     out = subprocess.run(
-        [kubectl, "kustomize", str(K8S_DIR)],
+        [kubectl, "kustomize", str(directory)],
         capture_output=True,
         text=True,
         check=True,
         timeout=30,
     ).stdout
-    assert len(re.findall(r"^kind: ", out, flags=re.M)) == len(MANIFESTS)
+    return re.findall(r"^kind: (\S+)$", out, flags=re.M)
+
+
+def test_kustomize_builds_the_manifests() -> None:
+    assert sorted(kustomize(K8S_DIR)) == sorted(o["kind"] for _, o in MANIFESTS)
+
+
+def test_the_patch_for_a_cluster_without_keda_drops_only_the_keda_objects(tmp_path: Path) -> None:
+    """kustomization.yaml carries a commented-out patch for clusters without KEDA: uncommented,
+    it must still build and leave out exactly the KEDA objects."""
+    copy = tmp_path / "k8s"
+    shutil.copytree(K8S_DIR, copy)
+    lines = (K8S_DIR / "kustomization.yaml").read_text(encoding="utf-8").splitlines()
+    start = lines.index("# patches:")
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("#")), len(lines))
+    patch = [line.removeprefix("# ") for line in lines[start:end]]
+    (copy / "kustomization.yaml").write_text("\n".join(lines + patch) + "\n", encoding="utf-8")
+    expected = sorted(o["kind"] for _, o in MANIFESTS if o["kind"] not in CUSTOM_KINDS)
+    assert sorted(kustomize(copy)) == expected
 
 
 # --- images and compose ----------------------------------------------------------------------
@@ -444,3 +633,70 @@ def test_compose_file_matches_the_compose_spec() -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+COMPOSE: Obj = resources_from_file(str(ROOT / "docker-compose.yml"))[0]
+SERVICES: dict[str, Obj] = COMPOSE["services"]
+COMPOSE_WORKERS = sorted(
+    n for n, s in SERVICES.items() if s.get("command") == ["queuenet", "worker"]
+)
+
+
+def compose_env(service: str) -> dict[str, str]:
+    """A service's environment with ``${VAR:-default}`` interpolated from its default."""
+    env = SERVICES[service].get("environment", {})
+    assert isinstance(env, dict), f"{service}: write the environment as a mapping"
+    return {
+        name: re.sub(r"\$\{[A-Za-z_][A-Za-z0-9_]*:-([^}]*)\}", r"\1", str(value))
+        for name, value in env.items()
+    }
+
+
+def seconds(duration: str) -> float:
+    """A compose duration ("30s", "1m30s") in seconds."""
+    parts = re.fullmatch(r"(?:(\d+)m)?(?:(\d+)s)?", duration)
+    assert parts and duration, duration
+    return 60.0 * int(parts[1] or 0) + int(parts[2] or 0)
+
+
+@pytest.mark.parametrize("service", ["web", *COMPOSE_WORKERS])
+def test_compose_services_get_declared_settings_of_their_tier(service: str) -> None:
+    env = compose_env(service)
+    assert not sorted(settings_names(env) - DECLARED.keys())
+    role = "worker" if service in COMPOSE_WORKERS else "web"
+    elsewhere = sorted(n for n in settings_names(env) if DECLARED[n].tier not in ("all", role))
+    assert not elsewhere
+    if role == "web":
+        assert AppSettings.from_env(env).default_model == DEFAULT_MODEL
+
+
+@pytest.mark.parametrize("service", COMPOSE_WORKERS)
+def test_compose_worker_service_serves_its_model_version(service: str) -> None:
+    env = compose_env(service)
+    assert {"QUEUENET_MODEL", "QUEUENET_MODEL_NAME", "QUEUENET_MODEL_VERSION"} <= env.keys()
+    settings = WorkerSettings.from_env(env)
+    assert service.startswith(f"worker-{settings.model_name}")
+    worker = SERVICES[service]
+    assert worker["healthcheck"]["test"] == ["CMD", "queuenet", "worker", "--check"]
+    grace = seconds(worker["stop_grace_period"])
+    assert grace >= settings.drain_timeout_s + BATCH_AND_EXIT_S + GRACE_MARGIN_S
+    if settings.model not in prebuilt_models("Dockerfile"):
+        # The image's cache belongs to root; the container's /tmp is writable.
+        assert settings.model_cache_dir.is_relative_to("/tmp")
+
+
+def test_compose_serves_the_shipped_models() -> None:
+    served = [
+        (s.model_name, s.model_version)
+        for s in (WorkerSettings.from_env(compose_env(n)) for n in COMPOSE_WORKERS)
+    ]
+    assert sorted(served) == sorted(SHIPPED_MODELS)
+
+
+def test_scale_instructions_name_compose_services() -> None:
+    compose_text = (ROOT / "docker-compose.yml").read_text(encoding="utf-8")
+    in_compose = re.findall(r"--scale ([A-Za-z0-9_.-]+)=\d+", compose_text)
+    in_readme = re.findall(r"--scale ([A-Za-z0-9_.-]+)=\d+", README)
+    assert in_readme, "README.md shows no `docker compose up --scale`"
+    assert set(in_compose) | set(in_readme) <= SERVICES.keys()
+    assert set(COMPOSE_WORKERS) <= set(in_compose)  # the file shows how to scale each model
