@@ -12,7 +12,18 @@ import redis
 from protocol.keys import Keys
 
 SCAN_COUNT = 1000
-_KINDS = ("queue", "processing", "result", "heartbeat", "owner", "workers", "card", "dead")
+_KINDS = (
+    "queue",
+    "processing",
+    "result",
+    "heartbeat",
+    "owner",
+    "leaving",
+    "workers",
+    "card",
+    "dead",
+)
+_PER_WORKER = ("processing", "result", "heartbeat", "owner", "leaving")
 
 
 @dataclass(frozen=True)
@@ -28,7 +39,7 @@ class Footprint:
     """Result keys nobody has read yet."""
     dead_letters: int
     bookkeeping_keys: int
-    """Heartbeats, owner tokens, worker sets, model cards and the catalog."""
+    """Heartbeats, owner tokens, leaving marks, worker sets, model cards and the catalog."""
 
     @property
     def work(self) -> int:
@@ -42,9 +53,7 @@ class Inspector:
         self.keys = keys
 
     def _scan(self, kind: str) -> Iterator[str]:
-        pattern = f"{self.keys.namespace}:{{*}}:{kind}" + (
-            ":*" if kind in ("processing", "result", "heartbeat", "owner") else ""
-        )
+        pattern = f"{self.keys.namespace}:{{*}}:{kind}" + (":*" if kind in _PER_WORKER else "")
         for key in self.client.scan_iter(match=pattern, count=SCAN_COUNT):
             yield key.decode() if isinstance(key, bytes) else key
 
@@ -75,7 +84,7 @@ class Inspector:
     def footprint(self) -> Footprint:
         results = len(self.keys_of("result"))
         bookkeeping = sum(
-            len(self.keys_of(kind)) for kind in ("heartbeat", "owner", "workers", "card")
+            len(self.keys_of(kind)) for kind in ("heartbeat", "owner", "leaving", "workers", "card")
         )
         bookkeeping += sum(
             int(self.client.exists(k))

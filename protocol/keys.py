@@ -16,6 +16,7 @@ runs touches one slot, result keys included::
     {ns}:{m@v#s}:result:{job_id}       the one result message of a request (TTL)
     {ns}:{m@v#s}:heartbeat:{worker}    heartbeat of a live worker (TTL)
     {ns}:{m@v#s}:owner:{worker}        token of the process that owns the worker name
+    {ns}:{m@v#s}:leaving:{worker}      set by a worker that was asked to stop (TTL)
     {ns}:{m@v#s}:workers               set of worker names that may own a processing list
     {ns}:{m@v#s}:card                  model card published by the version's workers
     {ns}:{m@v#s}:dead                  dead letters: messages that failed max_attempts times
@@ -101,6 +102,9 @@ class VersionKeys:
 
     def owner(self, worker_name: str) -> str:
         return f"{self._prefix}:owner:{worker_name}"
+
+    def leaving(self, worker_name: str) -> str:
+        return f"{self._prefix}:leaving:{worker_name}"
 
     def workers(self) -> str:
         return f"{self._prefix}:workers"

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import redis
 
 from protocol.keys import Keys
+from protocol.workers import WorkerRegistry
 
 SEPARATOR = "@"
 
@@ -153,6 +154,32 @@ class ModelDirectory:
         if known:
             self._check(model)
         self.client.set(self.keys.default_model(), model)
+
+    def forget(self, model: str, version: str) -> None:
+        """Take a retired version out of the catalog (and its model card): ``GET /models`` no
+        longer lists it. Refused while a worker of it is alive or a route points at it; a
+        model's last version takes its route (and, if it was the default, the default) along."""
+        catalog = self._check(model, version)
+        route = catalog.routes.get(model)
+        remaining = [v for v in catalog.versions[model] if v != version]
+        if route is not None and version in (route.serving, route.canary) and remaining:
+            raise RoutingError(
+                f"version {version} of {model} still takes its requests; promote another "
+                "version (or end the canary) first"
+            )
+        registry = WorkerRegistry(self.client, self.keys.version(model, version))
+        live = registry.live_workers()
+        if live:
+            raise RoutingError(
+                f"version {version} of {model} still has {len(live)} live worker(s): "
+                f"{', '.join(live)}; stop them first"
+            )
+        registry.forget_card()
+        self.client.srem(self.keys.versions(), f"{model}{SEPARATOR}{version}")
+        if not remaining:
+            self.client.hdel(self.keys.routing(), model)
+            if catalog.default == model:
+                self.client.delete(self.keys.default_model())
 
     def _check(self, model: str, version: str | None = None) -> Catalog:
         catalog = self.catalog()

@@ -97,7 +97,11 @@ class WorkerRegistry:
     def retire(self, worker_name: str) -> None:
         """Unregister a worker that stops cleanly with nothing left in its processing list."""
         with self.client.pipeline(transaction=True) as pipe:
-            pipe.delete(self.keys.heartbeat(worker_name), self.keys.owner(worker_name))
+            pipe.delete(
+                self.keys.heartbeat(worker_name),
+                self.keys.owner(worker_name),
+                self.keys.leaving(worker_name),
+            )
             pipe.srem(self.keys.workers(), worker_name)
             pipe.execute()
 
@@ -114,6 +118,22 @@ class WorkerRegistry:
                 pipe.exists(self.keys.heartbeat(name))
             alive = pipe.execute()
         return sorted(name for name, up in zip(names, alive, strict=True) if up)
+
+    def mark_leaving(self, worker_name: str, *, ttl_s: int) -> None:
+        """Say that this worker was asked to stop, so that workers stopping at the same time
+        do not count on each other to answer the queue."""
+        self.client.set(self.keys.leaving(worker_name), b"1", ex=max(1, ttl_s))
+
+    def staying_workers(self) -> list[str]:
+        """Live workers that were not asked to stop."""
+        live = self.live_workers()
+        if not live:
+            return []
+        with self.client.pipeline(transaction=False) as pipe:
+            for name in live:
+                pipe.exists(self.keys.leaving(name))
+            leaving = pipe.execute()
+        return [name for name, gone in zip(live, leaving, strict=True) if not gone]
 
     def held(self, worker_name: str) -> int:
         return int(self.client.llen(self.keys.processing(worker_name)))
@@ -137,6 +157,9 @@ class WorkerRegistry:
 
     def publish_card(self, card: ModelCard) -> None:
         self.client.set(self.keys.card(), encode_model_card(card))
+
+    def forget_card(self) -> None:
+        self.client.delete(self.keys.card())
 
     def card(self) -> ModelCard | None:
         """The published model card, None when none is (or it cannot be read)."""

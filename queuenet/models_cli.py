@@ -1,4 +1,5 @@
-"""``queuenet models list | promote NAME VERSION | canary NAME VERSION PERCENT | default NAME``:
+"""``queuenet models list | promote NAME VERSION | canary NAME VERSION PERCENT | default NAME |
+forget NAME VERSION``:
 the models and versions of the Redis the service uses (``QUEUENET_REDIS_URL``,
 ``QUEUENET_NAMESPACE``), and the routes of unversioned requests.
 
@@ -24,42 +25,15 @@ from protocol.status import ModelStatus, catalog_status
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="queuenet models", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="action", required=True)
-    listing = sub.add_parser("list", help="every model, version, route and worker count")
-    listing.add_argument("--json", action="store_true", help="GET /models' JSON instead")
-    promote = sub.add_parser("promote", help="VERSION serves NAME's unversioned requests")
-    canary = sub.add_parser("canary", help="PERCENT of NAME's unversioned requests go to VERSION")
-    default = sub.add_parser("default", help="NAME serves POST /predict")
-    for command in (promote, canary, default):
-        command.add_argument("name", type=_name("NAME"))
-    for command in (promote, canary):
-        command.add_argument("version", type=_name("VERSION"))
-    canary.add_argument("percent", type=float, help="0 to 100; 0 ends the canary")
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
     try:
         settings = RedisSettings.from_env(os.environ)
     except SettingsError as exc:
         sys.stderr.write(f"queuenet models: {exc}\n")
         return 2
     client = connect(settings)
-    keys = Keys(settings.namespace)
-    directory = ModelDirectory(client, keys)
     try:
-        if args.action == "list":
-            catalog, models = catalog_status(client, keys)
-            if args.json:
-                body = {"default": catalog.default, "models": [m.to_json() for m in models]}
-                sys.stdout.write(json.dumps(body, indent=2) + "\n")
-            else:
-                sys.stdout.write(table(models, catalog.default))
-        elif args.action == "promote":
-            show(args.name, directory.promote(args.name, args.version))
-        elif args.action == "canary":
-            show(args.name, directory.canary(args.name, args.version, args.percent))
-        else:
-            directory.set_default(args.name)
-            sys.stdout.write(f"{args.name} now serves POST /predict\n")
+        sys.stdout.write(_act(args, client, Keys(settings.namespace)))
     except RoutingError as exc:
         sys.stderr.write(f"queuenet models {args.action}: {exc}\n")
         return 1
@@ -69,6 +43,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         client.close()
     return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="queuenet models", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="action", required=True)
+    listing = sub.add_parser("list", help="every model, version, route and worker count")
+    listing.add_argument("--json", action="store_true", help="GET /models' JSON instead")
+    promote = sub.add_parser("promote", help="VERSION serves NAME's unversioned requests")
+    canary = sub.add_parser("canary", help="PERCENT of NAME's unversioned requests go to VERSION")
+    default = sub.add_parser("default", help="NAME serves POST /predict")
+    forget = sub.add_parser("forget", help="take a retired VERSION of NAME off the list")
+    for command in (promote, canary, default, forget):
+        command.add_argument("name", type=_name("NAME"))
+    for command in (promote, canary, forget):
+        command.add_argument("version", type=_name("VERSION"))
+    canary.add_argument("percent", type=float, help="0 to 100; 0 ends the canary")
+    return parser
+
+
+def _act(args: argparse.Namespace, client: redis.Redis, keys: Keys) -> str:
+    """Do what ``args`` ask; the text to print."""
+    directory = ModelDirectory(client, keys)
+    if args.action == "list":
+        catalog, models = catalog_status(client, keys)
+        if args.json:
+            body = {"default": catalog.default, "models": [m.to_json() for m in models]}
+            return json.dumps(body, indent=2) + "\n"
+        return table(models, catalog.default)
+    if args.action == "promote":
+        return show(args.name, directory.promote(args.name, args.version))
+    if args.action == "canary":
+        return show(args.name, directory.canary(args.name, args.version, args.percent))
+    if args.action == "forget":
+        directory.forget(args.name, args.version)
+        return f"version {args.version} of {args.name} is no longer listed\n"
+    directory.set_default(args.name)
+    return f"{args.name} now serves POST /predict\n"
 
 
 def _name(what: str) -> argparse.FileType:
@@ -81,11 +92,11 @@ def _name(what: str) -> argparse.FileType:
     return parse  # type: ignore[return-value]
 
 
-def show(name: str, route: Route) -> None:
+def show(name: str, route: Route) -> str:
     canary = (
         f"; canary: version {route.canary} takes {route.canary_percent:g} %" if route.canary else ""
     )
-    sys.stdout.write(f"{name}: version {route.serving} serves unversioned requests{canary}\n")
+    return f"{name}: version {route.serving} serves unversioned requests{canary}\n"
 
 
 def table(models: list[ModelStatus], default: str | None) -> str:

@@ -216,3 +216,32 @@ def test_worker_flags_set_the_model_name_and_version(live, tiny_model_files) -> 
     assert process.poll() is None, live.logs()
     card = registry.card()
     assert card is not None and (card.name, card.version) == ("colours", "7")
+
+
+def test_workers_stopped_together_drain_the_queue_between_them(
+    make_worker: Callable[..., Worker], queue: Queue, client: FlaskClient, tiny_model: LoadedModel
+) -> None:
+    """A Deployment deleted (every worker of the version gets SIGTERM at once): none counts
+    on the others, all drain, the queued requests are answered."""
+    slow = dataclasses.replace(tiny_model, predictor=SlowPredictor(tiny_model))
+    workers = [
+        make_worker(slow, drain_timeout_s=10.0, batch_size=1, worker_name=f"w{i}") for i in (1, 2)
+    ]
+    threads = [threading.Thread(target=w.run, daemon=True) for w in workers]
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: len(workers[0].registry.live_workers()) == 2, 10, "both workers")
+    answers: list[int] = []
+    posters = [
+        threading.Thread(target=lambda: answers.append(post(client).status_code)) for _ in range(8)
+    ]
+    for poster in posters:
+        poster.start()
+    wait_until(lambda: queue.depth() >= 3, 10, "requests to queue up")
+    for worker in workers:
+        worker.request_stop()
+    for poster in posters:
+        poster.join(timeout=20)
+    for thread in threads:
+        thread.join(timeout=10)
+    assert answers == [200] * 8 and queue.depth() == 0

@@ -110,3 +110,17 @@ def test_keras_application_without_cached_weights(tmp_path: Path) -> None:
 )
 def test_model_names_are_derived_from_the_spec(spec: str, name: str) -> None:
     assert derive_model_name(spec) == name
+
+
+@pytest.mark.e2e
+def test_a_cache_that_cannot_be_written_still_serves(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A read-only image (or a full disk): the model is built, serves, and says why it is not
+    cached, instead of the worker dying with a traceback."""
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("in the way")
+    loaded = load_model("efficientnet-lite1", cache_dir=not_a_directory / "cache")
+    assert loaded.card.input_size == 240
+    assert loaded.predictor.predict(np.zeros((1, 240, 240, 3), np.uint8)).shape == (1, 1000)
+    assert "cannot cache the built model" in caplog.text

@@ -75,3 +75,28 @@ def test_a_canary_takes_its_share_of_draws() -> None:
     picks = [route.pick(lambda: next(draws)) for _ in range(1000)]
     assert picks.count("2") == 100
     assert Route("1").pick(lambda: 0.0) == "1"
+
+
+def test_a_retired_version_can_be_forgotten_but_not_a_live_or_routed_one(
+    directory: ModelDirectory, rclient: redis.Redis, keys: Keys
+) -> None:
+    from protocol.messages import ModelCard
+    from protocol.workers import WorkerRegistry
+
+    for version in ("1", "2"):
+        directory.announce("a", version)
+        registry = WorkerRegistry(rclient, keys.version("a", version))
+        registry.publish_card(ModelCard("a", version, 8, 4, fingerprint=f"a{version}"))
+    live = WorkerRegistry(rclient, keys.version("a", "2"))
+    live.beat("w", b"{}", ttl_s=30, owner_token="t")
+    with pytest.raises(RoutingError, match="still takes its requests"):
+        directory.forget("a", "1")  # the serving version
+    with pytest.raises(RoutingError, match="1 live worker"):
+        directory.forget("a", "2")
+    live.retire("w")
+    directory.forget("a", "2")
+    assert directory.catalog().versions == {"a": ("1",)}
+    assert WorkerRegistry(rclient, keys.version("a", "2")).card() is None
+    directory.forget("a", "1")  # the last version: the route and the default go too
+    catalog = directory.catalog()
+    assert (catalog.versions, catalog.routes, catalog.default) == ({}, {}, None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -27,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 BACKOFF_INITIAL_S = 0.1
 BACKOFF_MAX_S = 5.0
+DRAIN_MARK_MARGIN_S = 5
+"""Seconds a worker's "leaving" mark outlives its drain timeout."""
 DRAIN_QUIET_S = 1.0
 """A draining worker stops once its queue has been empty this long: longer than the web tier
 reuses a route (``app.routing.ROUTES_TTL_S``), so no request can still be on its way."""
@@ -291,11 +294,15 @@ class Worker:
         return now - self._quiet_since < DRAIN_QUIET_S
 
     def _drain_budget_s(self) -> float:
-        """Seconds to drain: the drain timeout when no other worker of the version is alive."""
+        """Seconds to drain: the drain timeout when no other worker of the version stays
+        (workers asked to stop together all drain, sharing the queue)."""
         if self.settings.drain_timeout_s <= 0 or not self._started:
             return 0.0
         try:
-            others = [n for n in self.registry.live_workers() if n != self.name]
+            self.registry.mark_leaving(
+                self.name, ttl_s=math.ceil(self.settings.drain_timeout_s) + DRAIN_MARK_MARGIN_S
+            )
+            others = [n for n in self.registry.staying_workers() if n != self.name]
         except redis.RedisError:
             return 0.0
         return 0.0 if others else self.settings.drain_timeout_s

@@ -182,16 +182,26 @@ def _load_efficientnet_lite(variant: str, cache_dir: Path) -> LoadedModel:
 
 
 def _save_atomically(model: Any, path: Path) -> None:
-    """Save to a temporary file and rename, so workers starting together never read half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".keras")
-    os.close(fd)
+    """Save to a temporary file and rename, so workers starting together never read half a
+    file. A cache that cannot be written (a read-only image, a full disk) is not an error: the
+    model serves, and is built again at the next start."""
+    tmp = ""
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".keras")
+        os.close(fd)
         model.save(tmp)
         os.replace(tmp, path)
         logger.info("saved model path=%s", path)
+    except OSError as exc:
+        logger.warning(
+            "cannot cache the built model at %s (%s); it is built again at each start "
+            "(set QUEUENET_MODEL_CACHE_DIR to a writable directory)",
+            path,
+            exc,
+        )
     finally:
-        if os.path.exists(tmp):
+        if tmp and os.path.exists(tmp):
             os.unlink(tmp)
 
 
