@@ -21,9 +21,8 @@ from app.queueing import PredictionService
 from app.routing import ModelRouter
 from app.settings import AppSettings
 from app.views import bp
-from protocol.connection import connect
-from protocol.keys import Keys
-from protocol.routing import ModelDirectory
+from protocol.backend import connect_backend
+from protocol.shards import ShardHealth, directory_for
 
 logger = logging.getLogger(__name__)
 
@@ -34,14 +33,17 @@ def create_app(settings: AppSettings | None = None) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     # A deadline of predict_timeout_s on the server-side BLPOP; the socket may wait that long.
-    client = connect(settings.redis, blocking_timeout_s=settings.predict_timeout_s)
-    keys = Keys(settings.redis.namespace)
-    app.extensions["redis"] = client
+    backend = connect_backend(settings.redis, blocking_timeout_s=settings.predict_timeout_s)
+    keys = backend.keys(settings.redis.namespace)
+    health = ShardHealth(backend.shards)
+    app.extensions["queuenet.backend"] = backend
     app.extensions["queuenet.settings"] = settings
     app.extensions["queuenet.router"] = ModelRouter(
-        ModelDirectory(client, keys), keys, default_model=settings.default_model
+        directory_for(backend, keys), backend, keys, default_model=settings.default_model
     )
-    app.extensions["queuenet.service"] = PredictionService(client, max_queue=settings.max_queue)
+    app.extensions["queuenet.service"] = PredictionService(
+        backend, keys, max_queue=settings.max_queue, health=health
+    )
     app.register_blueprint(bp)
     app.register_blueprint(models_bp)
     app.register_blueprint(ops_bp)

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 
 from app.errors import ModelNotFoundError, ModelUnavailableError
 from app.redis_errors import RETRY_AFTER_S, redis_errors_as_503
-from protocol.keys import Keys, VersionKeys
+from protocol.backend import Backend
+from protocol.keys import Keys
 from protocol.messages import ModelCard
 from protocol.routing import Catalog, ModelDirectory
-from protocol.workers import WorkerRegistry
+from protocol.shards import ShardedRegistry, ShardHealth
 
 logger = logging.getLogger(__name__)
 
@@ -35,16 +36,9 @@ its own card anyway)."""
 class Target:
     """The model version one request goes to, and the card that prepares its images."""
 
-    keys: VersionKeys
+    model: str
+    version: str
     card: ModelCard
-
-    @property
-    def model(self) -> str:
-        return self.keys.model
-
-    @property
-    def version(self) -> str:
-        return self.keys.version
 
 
 class ModelRouter:
@@ -53,18 +47,21 @@ class ModelRouter:
     def __init__(
         self,
         directory: ModelDirectory,
+        backend: Backend,
         keys: Keys,
         *,
         default_model: str = "",
         draw: Callable[[], float] | None = None,
     ) -> None:
         self.directory = directory
+        self.backend = backend
         self.keys = keys
+        self.health = ShardHealth(backend.shards)
         self.default_model = default_model
         self._draw = draw
         self._lock = threading.Lock()
         self._catalog: tuple[float, Catalog] | None = None
-        self._cards: dict[VersionKeys, tuple[float, ModelCard]] = {}
+        self._cards: dict[tuple[str, str], tuple[float, ModelCard]] = {}
 
     def catalog(self) -> Catalog:
         with self._lock:
@@ -105,23 +102,23 @@ class ModelRouter:
                 f"{', '.join(catalog.versions[name])}",
                 code="model_version_not_found",
             )
-        keys = self.keys.version(name, version)
-        return Target(keys, self.card(keys))
+        return Target(name, version, self.card(name, version))
 
-    def card(self, keys: VersionKeys) -> ModelCard:
-        """The version's published model card, re-read at most every CARD_TTL_S seconds."""
+    def card(self, model: str, version: str) -> ModelCard:
+        """The version's published model card (from any shard that answers), re-read at most
+        every CARD_TTL_S seconds."""
         with self._lock:
-            cached = self._cards.get(keys)
+            cached = self._cards.get((model, version))
         if cached is not None and time.monotonic() - cached[0] < CARD_TTL_S:
             return cached[1]
         with redis_errors_as_503():
-            card = WorkerRegistry(self.directory.client, keys).card()
+            card = ShardedRegistry(self.backend, self.keys, model, version, self.health).card()
         if card is None:
             raise ModelUnavailableError(
-                f"version {keys.version} of {keys.model} has no model card: no worker of it "
-                "has started yet, or Redis lost it (workers publish it again within seconds)",
+                f"version {version} of {model} has no model card: no worker of it has started "
+                "yet, or Redis lost it (workers publish it again within seconds)",
                 retry_after_s=RETRY_AFTER_S,
             )
         with self._lock:
-            self._cards[keys] = (time.monotonic(), card)
+            self._cards[(model, version)] = (time.monotonic(), card)
         return card

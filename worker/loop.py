@@ -15,9 +15,9 @@ from collections.abc import Callable, Sequence
 
 import redis
 
-from protocol.queue import Answer, Queue
+from protocol.queue import Answer
 from protocol.routing import ModelDirectory
-from protocol.workers import WorkerRegistry
+from protocol.shards import Claimed, ShardedQueue, ShardedRegistry
 from worker import metrics
 from worker.batching import Item, stack
 from worker.plan import Context, Plan, after_failure, after_prediction, plan_batch
@@ -40,8 +40,8 @@ class Worker:
 
     def __init__(
         self,
-        queue: Queue,
-        registry: WorkerRegistry,
+        queue: ShardedQueue,
+        registry: ShardedRegistry,
         directory: ModelDirectory,
         model: LoadedModel,
         settings: WorkerSettings,
@@ -116,7 +116,7 @@ class Worker:
 
     # --- the steps ---------------------------------------------------------------------------
 
-    def dequeue_batch(self) -> list[bytes]:
+    def dequeue_batch(self) -> list[Claimed]:
         items = self.queue.block_claim(
             self.name,
             self.settings.batch_size,
@@ -127,7 +127,7 @@ class Worker:
         self._last_batch_size = len(items)
         return items
 
-    def process(self, claimed: Sequence[bytes]) -> None:
+    def process(self, claimed: Sequence[Claimed]) -> None:
         """Answer every claimed item exactly once: claim -> plan -> predict -> write."""
         started = time.monotonic()
         ctx = Context(
@@ -138,7 +138,7 @@ class Worker:
             batch_id=uuid.uuid4().hex[:12],
             worker=self.name,
         )
-        plan = plan_batch(claimed, ctx)
+        plan = plan_batch([item.raw for item in claimed], ctx)
         self._observe_queue_wait(plan.predict, ctx.now)
         predicted = self.predict_batch(plan.predict, ctx)
         self.write_results(claimed, plan.answers + predicted.answers)
@@ -205,7 +205,7 @@ class Worker:
                     attempts,
                 )
 
-    def write_results(self, claimed: Sequence[bytes], answers: Sequence[Answer]) -> None:
+    def write_results(self, claimed: Sequence[Claimed], answers: Sequence[Answer]) -> None:
         acked = self.queue.answer(
             self.name,
             claimed,
