@@ -73,9 +73,10 @@ def _log_request(response: Response) -> Response:
     code = g.get("error_code", "ok")
     endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
     metrics.observe(endpoint, response.status_code, code, elapsed_s, model, version)
+    shard = g.get("shard")
     logger.info(
-        "request %s %s status=%d code=%s ms=%.1f model=%s version=%s job_id=%s batch_id=%s "
-        "worker=%s",
+        "request %s %s status=%d code=%s ms=%.1f model=%s version=%s shard=%s job_id=%s "
+        "batch_id=%s worker=%s",
         request.method,
         request.path,
         response.status_code,
@@ -83,6 +84,7 @@ def _log_request(response: Response) -> Response:
         elapsed_s * 1000.0,
         model or "-",
         version or "-",
+        "-" if shard is None else shard,
         job_id or "-",
         g.get("batch_id", "") or "-",
         g.get("worker", "") or "-",

@@ -20,7 +20,7 @@ from protocol.backend import Backend
 from protocol.keys import Keys
 from protocol.messages import ModelCard
 from protocol.routing import Catalog, ModelDirectory
-from protocol.shards import ShardedRegistry, ShardHealth
+from protocol.shards import SHARD_ERRORS, ShardedRegistry, ShardHealth
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +30,10 @@ web process within this time (a draining worker waits longer, see worker.loop.DR
 CARD_TTL_S = 1.0
 """How long a web process reuses a version's model card (a worker checks every message against
 its own card anyway)."""
+STALE_IF_ERROR_S = 60.0
+"""How long a web process goes on with the catalog or a card it read last while Redis cannot
+give them (a Redis Cluster failing over the catalog's master, a Sentinel failover): requests
+keep flowing to the shards that answer."""
 
 
 @dataclass(frozen=True)
@@ -66,10 +70,17 @@ class ModelRouter:
     def catalog(self) -> Catalog:
         with self._lock:
             cached = self._catalog
-        if cached is not None and time.monotonic() - cached[0] < ROUTES_TTL_S:
+        age_s = time.monotonic() - cached[0] if cached is not None else 0.0
+        if cached is not None and age_s < ROUTES_TTL_S:
             return cached[1]
-        with redis_errors_as_503():
+        try:
             catalog = self.directory.catalog()
+        except SHARD_ERRORS as exc:
+            if cached is not None and age_s < STALE_IF_ERROR_S:
+                _warn_stale("catalog", exc)
+                return cached[1]
+            with redis_errors_as_503():
+                raise
         with self._lock:
             self._catalog = (time.monotonic(), catalog)
         return catalog
@@ -109,10 +120,17 @@ class ModelRouter:
         every CARD_TTL_S seconds."""
         with self._lock:
             cached = self._cards.get((model, version))
-        if cached is not None and time.monotonic() - cached[0] < CARD_TTL_S:
+        age_s = time.monotonic() - cached[0] if cached is not None else 0.0
+        if cached is not None and age_s < CARD_TTL_S:
             return cached[1]
-        with redis_errors_as_503():
+        try:
             card = ShardedRegistry(self.backend, self.keys, model, version, self.health).card()
+        except SHARD_ERRORS as exc:
+            if cached is not None and age_s < STALE_IF_ERROR_S:
+                _warn_stale(f"model card of {model} version {version}", exc)
+                return cached[1]
+            with redis_errors_as_503():
+                raise
         if card is None:
             raise ModelUnavailableError(
                 f"version {version} of {model} has no model card: no worker of it has started "
@@ -122,3 +140,15 @@ class ModelRouter:
         with self._lock:
             self._cards[(model, version)] = (time.monotonic(), card)
         return card
+
+
+_last_stale_warning = [0.0]
+STALE_WARNING_INTERVAL_S = 5.0
+
+
+def _warn_stale(what: str, exc: Exception) -> None:
+    """At most one line every few seconds while Redis cannot give what the router reuses."""
+    now = time.monotonic()
+    if now - _last_stale_warning[0] >= STALE_WARNING_INTERVAL_S:
+        _last_stale_warning[0] = now
+        logger.warning("redis cannot give the %s (%s); going on with the last one read", what, exc)

@@ -19,7 +19,7 @@ import select
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -50,6 +50,8 @@ class ShardHealth:
         self.clock = clock
         self._down_until = [0.0] * shards
         self._lock = threading.Lock()
+        self.recovered: set[int] = set()
+        """Shards that answered again after failing (a worker checks what it held there)."""
 
     def usable(self) -> list[int]:
         """Shards not left out; all of them when every one is (one may be back)."""
@@ -69,8 +71,15 @@ class ShardHealth:
         with self._lock:
             was_down = self._down_until[shard] > 0.0
             self._down_until[shard] = 0.0
+            if was_down:
+                self.recovered.add(shard)
         if was_down:
             logger.info("shard %d answers again", shard)
+
+    def take_recovered(self) -> set[int]:
+        with self._lock:
+            recovered, self.recovered = self.recovered, set()
+        return recovered
 
 
 @dataclass(frozen=True)
@@ -251,8 +260,13 @@ class ShardedQueue:
         timeout = math.ceil(wait_s) + FILL_SAFETY_MARGIN_S
         for shard in self.health.usable():
             queue = self.queues[shard]
-            node = self.backend.node_for(queue.client, queue.keys.queue())
-            conn = node.connection_pool.get_connection()
+            try:
+                node = self.backend.node_for(queue.client, queue.keys.queue())
+                conn = node.connection_pool.get_connection()
+            except SHARD_ERRORS as exc:
+                self.health.failed(shard, exc)
+                self.backend.refresh()
+                continue
             wait = _Wait(shard, queue, node, conn)
             try:
                 conn.send_command("CLIENT", "ID")
@@ -331,9 +345,10 @@ class ShardedQueue:
         *,
         owner_token: str,
         result_ttl_s: int,
-    ) -> int:
-        """Answer and acknowledge each shard's part of the batch; the number acknowledged.
-        A shard that fails keeps its part in the worker's processing list there."""
+    ) -> tuple[int, set[int]]:
+        """Answer and acknowledge each shard's part of the batch: the number acknowledged, and
+        the shards whose part was not (the shard failed, or the part was no longer the
+        worker's there: it must look at what it holds on them)."""
         by_raw = {id(c.raw): c.shard for c in claimed}
         parts: dict[int, tuple[list[bytes], list[Answer]]] = defaultdict(lambda: ([], []))
         for item in claimed:
@@ -341,9 +356,10 @@ class ShardedQueue:
         for answer in answers:
             parts[by_raw[id(answer.raw)]][1].append(answer)
         acked = 0
+        unsure: set[int] = set()
         for shard, (raws, shard_answers) in parts.items():
             try:
-                acked += self.queues[shard].answer(
+                done = self.queues[shard].answer(
                     worker_name,
                     raws,
                     shard_answers,
@@ -360,7 +376,11 @@ class ShardedQueue:
                     exc,
                     worker_name,
                 )
-        return acked
+                done = 0
+            acked += done
+            if done != len(raws):
+                unsure.add(shard)
+        return acked, unsure
 
 
 class ShardedRegistry:
@@ -377,11 +397,14 @@ class ShardedRegistry:
             for i in range(backend.shards)
         ]
 
-    def _each(self, action: Callable[[WorkerRegistry], T]) -> list[T]:
-        """``action`` on every shard that answers; raises only when none does."""
+    def _each(
+        self, action: Callable[[WorkerRegistry], T], shards: Iterable[int] | None = None
+    ) -> list[T]:
+        """``action`` on every shard (of ``shards``) that answers; raises only when none does."""
         results: list[T] = []
         error: Exception | None = None
-        for shard, registry in enumerate(self.registries):
+        for shard in range(len(self.registries)) if shards is None else sorted(shards):
+            registry = self.registries[shard]
             try:
                 results.append(action(registry))
             except SHARD_ERRORS as exc:
@@ -402,6 +425,19 @@ class ShardedRegistry:
 
     def requeue(self, worker_name: str, *, force: bool = False) -> int:
         return sum(max(n, 0) for n in self._each(lambda r: r.requeue(worker_name, force=force)))
+
+    def take_back(self, worker_name: str, shards: set[int]) -> tuple[int, set[int]]:
+        """Requeue what ``worker_name`` holds on ``shards``: the items moved, and the shards
+        that did not answer (to try again)."""
+        moved = 0
+        missed: set[int] = set()
+        for shard in sorted(shards):
+            try:
+                moved += max(self.registries[shard].requeue(worker_name, force=True), 0)
+            except SHARD_ERRORS as exc:
+                self.health.failed(shard, exc)
+                missed.add(shard)
+        return moved, missed
 
     def requeue_dead_workers(self, *, exclude: str) -> int:
         return sum(self._each(lambda r: r.requeue_dead_workers(exclude=exclude)))
