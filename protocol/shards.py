@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 DOWN_S = 1.0
 """Seconds a shard that failed is left out before it is tried again."""
+SEEN_LENGTH_TTL_S = 1.0
+"""How long the queue length a push saw counts when choosing a shard."""
 SHARD_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ClusterDownError)
 """What a shard that is down (or failing over) raises."""
 
@@ -154,21 +156,21 @@ class ShardedQueue:
         return None
 
     def _choices(self) -> list[int]:
-        """Shards to try, in order: the shorter of two random usable ones, then the rest."""
+        """Shards to try, in order: the shorter of two random usable ones (by the lengths
+        this process's pushes saw, no extra round trip), then the rest."""
         usable = self.health.usable()
         self.rng.shuffle(usable)
-        if len(usable) > 1:
-            first, second = usable[0], usable[1]
-            if self._depth_or_max(second) < self._depth_or_max(first):
-                usable[0], usable[1] = second, first
+        if len(usable) > 1 and self._seen_length(usable[1]) < self._seen_length(usable[0]):
+            usable[0], usable[1] = usable[1], usable[0]
         return usable
 
-    def _depth_or_max(self, shard: int) -> int:
-        try:
-            return self.queues[shard].depth()
-        except SHARD_ERRORS as exc:
-            self.health.failed(shard, exc)
-            return 1 << 62
+    def _seen_length(self, shard: int) -> int:
+        """The length the last push on ``shard`` saw, if recent; else 0, so that a shard not
+        pushed to for a while is tried (and seen) again."""
+        observed = self.queues[shard].observed
+        if observed is None or time.monotonic() - observed[0] > SEEN_LENGTH_TTL_S:
+            return 0
+        return observed[1]
 
     def wait_result(self, shard: int, job_id: str, timeout_s: float) -> bytes | None:
         return self.queues[shard].wait_result(job_id, timeout_s)
@@ -269,7 +271,12 @@ class ShardedQueue:
                 continue
             wait = _Wait(shard, queue, node, conn)
             try:
-                conn.send_command("CLIENT", "ID")
+                conn.connect()  # a no-op when connected; the client id belongs to the socket
+                known = getattr(conn, "_queuenet_client_id", None)
+                if known is None or known[0] != id(conn._sock):
+                    conn.send_command("CLIENT", "ID")
+                    conn._queuenet_client_id = (id(conn._sock), int(conn.read_response()))
+                wait.client_id = conn._queuenet_client_id[1]
                 conn.send_command(
                     "BLMOVE",
                     queue.keys.queue(),
@@ -279,7 +286,6 @@ class ShardedQueue:
                     timeout,
                 )
                 conn.send_command("LLEN", queue.keys.queue())
-                wait.client_id = int(conn.read_response())
             except SHARD_ERRORS as exc:
                 self._drop(wait, exc)
                 continue
