@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from bench.load import PHOTOS, multipart
+from bench.photos import PHOTOS, multipart
 from bench.raw_model import measure_and_report
 
 SETTLE_S = 0.02

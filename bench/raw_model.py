@@ -30,12 +30,23 @@ from typing import Any
 
 import numpy as np
 
+from bench.photos import PHOTOS
+
 ROOT = Path(__file__).resolve().parent.parent
-PHOTOS = sorted((ROOT / "tests" / "data").glob("*.png"))
-FIDELITY_PHOTOS = sorted(
-    p for p in (ROOT / "tests" / "data").iterdir() if p.suffix in (".png", ".jpg")
-)
+FIDELITY_PHOTOS = PHOTOS
 RUNTIMES = ("tensorflow", "litert", "litert_int8")
+FLOAT_RUNTIMES = ("tensorflow", "litert")
+"""The exact ones: the bare limit and the bare pipeline use the fastest of these (int8 is an
+opt-in that changes answers)."""
+
+
+def _cpu_ms_per_call(fn: Callable[[], object], calls: int) -> float:
+    """This process's CPU time (every thread: a runtime's pool included) per call."""
+    fn()
+    started = time.process_time()
+    for _ in range(calls):
+        fn()
+    return (time.process_time() - started) * 1000 / calls
 
 
 def _median_ms(fn: Callable[[], object], rounds: int) -> float:
@@ -143,6 +154,11 @@ def measure(batch_size: int, rounds: int, cache_dir: Path) -> dict[str, Any]:
 
     decode_ms = _median_ms(decode_resize, rounds)
     pipeline_ms = _median_ms(lambda: predictors[served].predict(decode_resize()[None]), rounds)
+    figures |= bare_limit(predictors, decode_resize, many, len(blobs))
+    fastest = figures["fastest_runtime"]
+    figures["fastest_pipeline_p50_ms"] = _median_ms(
+        lambda: predictors[fastest].predict(decode_resize()[None]), rounds
+    )
     return figures | {
         "runtime": served,
         "batch1_ms": batch1[served],
@@ -151,6 +167,31 @@ def measure(batch_size: int, rounds: int, cache_dir: Path) -> dict[str, Any]:
         "batchn_images_per_s": batch_size * 1000 / batchn[served],
         "pipeline_p50_ms": pipeline_ms,
         "decode_resize_p50_ms": decode_ms,
+    }
+
+
+def bare_limit(
+    predictors: dict[str, Any],
+    decode_resize: Callable[[], np.ndarray],
+    batch: np.ndarray,
+    photos: int,
+) -> dict[str, Any]:
+    """The physical limit of any server of this model here: the cores divided by the CPU time
+    one image costs (exact decode + resize, averaged over the photos, plus the fastest exact
+    runtime's share of a full batch)."""
+    cores = len(os.sched_getaffinity(0))
+    decode_cpu_ms = _cpu_ms_per_call(decode_resize, photos * 3)
+    per_image = {
+        name: _cpu_ms_per_call(partial(predictors[name].predict, batch), 6) / len(batch)
+        for name in FLOAT_RUNTIMES
+    }
+    fastest = min(per_image, key=per_image.__getitem__)
+    return {
+        "cores": cores,
+        "decode_resize_cpu_ms": decode_cpu_ms,
+        **{f"{name}_batchn_cpu_ms_per_image": ms for name, ms in per_image.items()},
+        "fastest_runtime": fastest,
+        "bare_limit_images_per_s": cores * 1000 / (decode_cpu_ms + per_image[fastest]),
     }
 
 

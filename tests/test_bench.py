@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import redis
 
@@ -42,6 +43,49 @@ def test_load_generator_reports_throughput_latency_and_the_workers_batches(
     # Four clients in a closed loop: each batch holds 1 to 4 of their requests.
     assert 1.0 <= result["mean_batch"] <= 4.0
     assert result["client_cpu_cores"] >= 0
+
+
+def test_load_generator_checks_every_answers_top1_against_the_exact_one(
+    live: LiveService, tiny_model: LoadedModel, tmp_path: Path
+) -> None:
+    """The exact top-1 of the served (tiny) model for every photo, one of them deliberately
+    wrong: the generator must count that photo's answers as wrong and only those."""
+    from app.preprocess import image_to_input
+    from bench.photos import PHOTOS
+
+    inputs = [image_to_input(p.read_bytes(), tiny_model.card, max_pixels=10**9) for p in PHOTOS]
+    top1 = tiny_model.predictor.predict(np.stack(inputs)).argmax(axis=1)
+    expected = {
+        photo.name: {"index": int(i), "labels": [tiny_model.labels[int(i)]]}
+        for photo, i in zip(PHOTOS, top1, strict=True)
+    }
+    wrong = PHOTOS[0].name
+    expected[wrong]["index"] = (expected[wrong]["index"] + 1) % len(tiny_model.labels)
+    (tmp_path / "expected.json").write_text(json.dumps(expected))
+    live.start_worker()
+    url = live.start_web()
+    out = run_module(
+        "bench.load", "--url", url, "--concurrency", "1", "--duration-s", "2",
+        "--warmup-s", "0", "--expect", str(tmp_path / "expected.json"), "--json",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["errors"] == {} and result["top1_checked"] == result["requests"] >= 24
+    # One client sends the photos in turn: every twelfth answer (the first photo's) is wrong.
+    wrong_answers = result["top1_checked"] - result["top1_correct"]
+    assert wrong_answers == -(-result["requests"] // len(PHOTOS))
+    assert result["correct_share"] == result["top1_correct"] / result["top1_checked"]
+
+
+def test_load_generator_judges_an_answer_by_index_or_by_label() -> None:
+    from bench.load import is_correct
+
+    expected = {"index": 281, "labels": ["tabby", "tabby cat"]}
+    assert is_correct(b'{"predictions": [{"index": 281, "label": "x"}]}', expected)
+    assert not is_correct(b'{"predictions": [{"index": 282, "label": "tabby"}]}', expected)
+    # The BentoML peer answers clean names and no index.
+    assert is_correct(b'{"predictions": [{"label": "tabby cat", "probability": 0.9}]}', expected)
+    assert not is_correct(b'{"predictions": [{"label": "tiger cat"}]}', expected)
 
 
 def test_load_generator_counts_refusals_by_status(live: LiveService) -> None:
