@@ -40,7 +40,8 @@ from pathlib import Path
 
 from bench.load import LoadResult
 from bench.load import run as run_load
-from bench.run import free_port, matching_procs, service_env, start_service
+from bench.procs import command_line, descendants, parent_pid
+from bench.run import free_port, service_env, start_service
 
 
 @dataclass(frozen=True)
@@ -207,27 +208,6 @@ class Profile:
     """CPU that py-spy itself used while it sampled, in cores."""
 
 
-def parent_pid(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-
-
-def descendants(root_pid: int) -> set[int]:
-    """The processes below ``root_pid`` (from /proc's parent pids)."""
-    parents = {}
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit():
-                parents[int(proc.name)] = parent_pid(int(proc.name))
-        except OSError:
-            continue
-    found: set[int] = set()
-    frontier = {root_pid}
-    while frontier:
-        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
-
-
 def measure(
     duration_s: int, warmup_s: float, rate_hz: int, serve_args: list[str], keep_dir: str
 ) -> Profile:
@@ -235,10 +215,10 @@ def measure(
     service = start_service(service_env(), port, serve_args)
     try:
         ours = descendants(service.pid)
-        gunicorns = {int(p.name) for p in matching_procs("gunicorn")} & ours
+        gunicorns = {pid for pid in ours if "gunicorn" in command_line(pid)}
         # gunicorn's worker processes; its arbiter handles no request.
         web_pids = sorted(pid for pid in gunicorns if parent_pid(pid) in gunicorns)
-        worker_pids = [int(p.name) for p in matching_procs("-m worker") if int(p.name) in ours]
+        worker_pids = [pid for pid in ours if "-m worker" in command_line(pid)]
         if not web_pids or len(worker_pids) != 1:
             raise RuntimeError(f"expected gunicorn and one worker, found {web_pids} {worker_pids}")
         url = f"http://127.0.0.1:{port}"

@@ -1,27 +1,32 @@
-"""The whole benchmark in one command: bare model, then the service under load, side by side.
+"""The whole benchmark in one command: the bare limit, QueueNet and the BentoML peer, one run.
 
-    python -m bench.run [--concurrency 1,4,16,32] [--duration-s 20] [--repeats 3]
-                        [--pairs 150] [--chart docs/bench.png] [--serve-arg --workers=1]
+    python -m bench.run [--concurrency 1,8,32] [--duration-s 20] [--repeats 2] [--pairs 150]
+                        [--no-peer] [--chart docs/bench.png] [--json-out FILE]
+                        [--serve-arg --workers=1]
 
-1. ``queuenet serve`` (private Redis, gunicorn, worker) with the settings in the environment.
-2. In each of ``--repeats`` rounds: ``bench.raw_model`` in its own process (the bare model
-   under every runtime at batch 1 and at ``QUEUENET_BATCH_SIZE``, and the bare in-process
-   pipeline: decode + resize + the model under the runtime the service serves with), then
-   ``bench.load`` for every concurrency. Medians over the rounds; bare and service are
-   measured in the same rounds, so both see the noise.
-   The worker's mean batch size comes from its Prometheus metrics, read by ``bench.load`` at
-   the edges of the measured window (no warm-up ramp, no drain); RSS and CPU from /proc.
-3. ``bench.paired_latency``: one image at a time, the bare pipeline and the service back to
+1. The exact answer for every photo (``bench.photos``: the Keras float model), then
+   ``queuenet serve`` (private Redis, gunicorn, worker) with the settings in the environment
+   and the BentoML peer (``bench.peer``, ``../shared/peers/bentoml``): both up for the run.
+2. In each of ``--repeats`` rounds: ``bench.raw_model`` in its own process (every runtime at
+   batch 1 and ``QUEUENET_BATCH_SIZE``, the bare pipeline one image at a time, the bare
+   limit), then for every concurrency ``bench.load`` against QueueNet and against the peer,
+   back to back, the order swapped every round: both see the same minutes of the machine.
+   Every answer's top-1 is checked against the exact one. CPU per request and resident
+   memory per component come from /proc (the service's process tree; the peer's session).
+   Medians over the rounds.
+3. ``bench.paired_latency``: one image at a time, the bare pipeline and QueueNet back to
    back, so that the few milliseconds the service adds are not lost in the machine's drift.
-Prints one table with the ratios to the bare model, and draws the chart.
+
+Prints the table (bare rows, peer, QueueNet), the ratios against the targets, and draws the
+chart. Without the peer beside the checkout (or with ``--no-peer``) the peer's row is absent.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
-import re
 import signal
 import socket
 import statistics
@@ -30,10 +35,22 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench import procs
+from bench.peer import Peer, PeerUnavailable
+from worker.settings import WorkerSettings
+
 ROOT = Path(__file__).resolve().parent.parent
+QUEUENET_ROLES = {"worker": "-m worker", "web": "gunicorn", "redis": "redis-server"}
+PEER_ROLES = {"peer": ""}
+"""Every process of the peer's session (BentoML's arbiter, its frontend and model processes)."""
+QUEUENET, PEER = "QueueNet", "BentoML peer"
+
+log = logging.getLogger(__name__)
 
 
 def free_port() -> int:
@@ -45,54 +62,12 @@ def free_port() -> int:
 def run_json(args: list[str], env: dict[str, str]) -> dict[str, Any]:
     out = subprocess.run(
         [sys.executable, "-m", *args, "--json"], env=env, cwd=ROOT, capture_output=True,
-        text=True, check=True, timeout=1800,
+        text=True, timeout=1800,
     )  # fmt: skip
+    if out.returncode != 0:
+        raise RuntimeError(f"{args[0]} failed: {out.stderr[-3000:]}")
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
-
-
-def matching_procs(pattern: str) -> list[Path]:
-    """/proc entries of the processes whose command line contains ``pattern`` (not ours)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if pattern in cmdline and "bench." not in cmdline:
-            found.append(proc)
-    return found
-
-
-def rss_mb(pattern: str) -> list[float]:
-    """Resident memory of the processes whose command line contains ``pattern``."""
-    sizes = []
-    for proc in matching_procs(pattern):
-        try:
-            match = re.search(r"^VmRSS:\s+(\d+) kB", (proc / "status").read_text(), flags=re.M)
-        except OSError:
-            continue
-        if match:
-            sizes.append(int(match.group(1)) / 1024)
-    return sizes
-
-
-def cpu_seconds(pattern: str) -> float:
-    """CPU time (user + system) used so far by the processes whose command line has ``pattern``."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for proc in matching_procs(pattern):
-        try:
-            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / ticks
-    return total
-
-
-COMPONENTS = {"worker": "-m worker", "web": "gunicorn", "redis": "redis-server"}
 
 
 def service_env() -> dict[str, str]:
@@ -105,17 +80,17 @@ def service_env() -> dict[str, str]:
 
 
 def start_service(env: dict[str, str], port: int, serve_args: list[str]) -> subprocess.Popen[bytes]:
-    log = open(Path(tempfile.gettempdir()) / f"bench-serve-{port}.log", "wb")  # noqa: SIM115
+    log_file = open(Path(tempfile.gettempdir()) / f"bench-serve-{port}.log", "wb")  # noqa: SIM115
     process = subprocess.Popen(
         [sys.executable, "-m", "queuenet", "serve", "--port", str(port), *serve_args],
-        env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+        env=env, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT,
     )  # fmt: skip
     deadline = time.monotonic() + 600
     body = b'--b\r\nContent-Disposition: form-data; name="image"; filename="x.png"\r\n\r\n'
     body += (ROOT / "tests" / "data" / "chelsea.png").read_bytes() + b"\r\n--b--\r\n"
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"queuenet serve exited; see {log.name}")
+            raise RuntimeError(f"queuenet serve exited; see {log_file.name}")
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/predict", data=body,
             headers={"Content-Type": "multipart/form-data; boundary=b"},
@@ -130,60 +105,125 @@ def start_service(env: dict[str, str], port: int, serve_args: list[str]) -> subp
     raise RuntimeError("the service did not become ready")
 
 
-def measure(
-    args: argparse.Namespace, env: dict[str, str], batch_size: int
-) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
-    """Bare model and service, interleaved in every repeat so that both see the same noise."""
+@dataclass
+class System:
+    """One server under load: where to post, and its processes by role."""
+
+    name: str
+    url: str
+    members: Callable[[], set[int]]
+    roles: dict[str, str]
+    metrics_url: str = ""
+
+    def processes(self) -> dict[int, str]:
+        return procs.with_role(self.members(), self.roles)
+
+
+def load(
+    system: System, concurrency: int, args: argparse.Namespace, env: dict[str, str], expect: str
+) -> dict[str, Any]:
+    """``bench.load`` against one system, with its CPU per answered request and memory."""
+    before = {pid: (role, procs.cpu_s(pid)) for pid, role in system.processes().items()}
+    metrics = ["--metrics-url", system.metrics_url] if system.metrics_url else []
+    result = run_json(
+        ["bench.load", "--url", system.url, "--concurrency", str(concurrency),
+         "--duration-s", str(args.duration_s), "--warmup-s", str(args.warmup_s),
+         "--expect", expect, *metrics],
+        env,
+    )  # fmt: skip
+    now = system.processes()
+    served = result["requests_per_s"] * args.duration_s + 1e-9
+    for role in system.roles:
+        # Processes that lived through the window; includes the warm-up's requests.
+        spent = sum(procs.cpu_s(pid) - cpu for pid, (r, cpu) in before.items() if r == role)
+        result[f"cpu_ms_per_req_{role}"] = spent * 1000 / served
+        sizes = [procs.rss_mb(pid) for pid, r in now.items() if r == role]
+        result[f"rss_mb_{role}"] = max(sizes, default=0.0)
+        result[f"rss_mb_{role}_total"] = sum(sizes)
+    return result
+
+
+def measure(args: argparse.Namespace, env: dict[str, str], batch_size: int) -> dict[str, Any]:
+    """Bare model, QueueNet and the peer, interleaved in every round."""
     port, metrics_port = free_port(), free_port()
-    env = env | {"QUEUENET_METRICS_PORT": str(metrics_port)}
-    service = start_service(env, port, args.serve_arg)
-    runs: dict[int, list[dict[str, Any]]] = {c: [] for c in args.concurrency}
-    raws: list[dict[str, Any]] = []
-    paired: dict[str, Any] | None = None
-    try:
-        for _ in range(args.repeats):
-            raws.append(
-                run_json(
-                    [
-                        "bench.raw_model",
-                        "--batch-size",
-                        str(batch_size),
-                        "--cache-dir",
-                        env["QUEUENET_MODEL_CACHE_DIR"],
-                    ],
-                    env,
-                )  # fmt: skip
-            )
-            for concurrency in args.concurrency:
-                cpu_before = {name: cpu_seconds(p) for name, p in COMPONENTS.items()}
-                result = run_json(
-                    ["bench.load", "--url", f"http://127.0.0.1:{port}",
-                     "--concurrency", str(concurrency), "--duration-s", str(args.duration_s),
-                     "--warmup-s", str(args.warmup_s),
-                     "--metrics-url", f"http://127.0.0.1:{metrics_port}/metrics"],
-                    env,
-                )  # fmt: skip
-                served = result["requests_per_s"] * args.duration_s + 1e-9
-                for name, pattern in COMPONENTS.items():
-                    spent = cpu_seconds(pattern) - cpu_before[name]
-                    # Includes the warm-up's requests: a slight overestimate per request.
-                    result[f"cpu_ms_per_req_{name}"] = spent * 1000 / served
-                result["worker_rss_mb"] = max(rss_mb("-m worker"), default=0.0)
-                result["web_rss_mb"] = max(rss_mb(f"127.0.0.1:{port}"), default=0.0)
-                runs[concurrency].append(result)
-                sys.stderr.write(f"c={concurrency}: {result['requests_per_s']:.1f} req/s\n")
-        if args.pairs:
-            paired = run_json(
-                ["bench.paired_latency", "--url", f"http://127.0.0.1:{port}",
-                 "--pairs", str(args.pairs), "--cache-dir", env["QUEUENET_MODEL_CACHE_DIR"]],
-                env,
+    cache = env["QUEUENET_MODEL_CACHE_DIR"]
+    with tempfile.TemporaryDirectory() as tmp:
+        expect = str(Path(tmp) / "expected.json")
+        subprocess.run(
+            [sys.executable, "-m", "bench.photos", "--expect", expect, "--cache-dir", cache],
+            env=env, cwd=ROOT, check=True, capture_output=True, timeout=600,
+        )  # fmt: skip
+        service = start_service(env | {"QUEUENET_METRICS_PORT": str(metrics_port)}, port,
+                                args.serve_arg)  # fmt: skip
+        systems = [
+            System(
+                QUEUENET,
+                f"http://127.0.0.1:{port}",
+                lambda: procs.descendants(service.pid),
+                QUEUENET_ROLES,
+                f"http://127.0.0.1:{metrics_port}/metrics",
             )  # fmt: skip
-    finally:
-        service.send_signal(signal.SIGINT)
-        service.wait(timeout=120)
+        ]
+        peer = None
+        try:
+            if not args.no_peer:
+                try:
+                    peer = Peer.start(free_port(), env)
+                    systems.append(System(PEER, peer.url, peer.pids, PEER_ROLES))
+                except PeerUnavailable as exc:
+                    log.warning("measuring without the peer: %s", exc)
+            return rounds(args, env, batch_size, systems, expect)
+        finally:
+            if peer:
+                peer.stop()
+            service.send_signal(signal.SIGINT)
+            service.wait(timeout=120)
+
+
+def rounds(
+    args: argparse.Namespace,
+    env: dict[str, str],
+    batch_size: int,
+    systems: list[System],
+    expect: str,
+) -> dict[str, Any]:
+    cache = env["QUEUENET_MODEL_CACHE_DIR"]
+    runs: dict[str, dict[int, list[dict[str, Any]]]] = {
+        s.name: {c: [] for c in args.concurrency} for s in systems
+    }
+    raws: list[dict[str, Any]] = []
+    for round_index in range(args.repeats):
+        raws.append(
+            run_json(
+                ["bench.raw_model", "--batch-size", str(batch_size), "--cache-dir", cache], env
+            )
+        )
+        for concurrency in args.concurrency:
+            order = systems if round_index % 2 == 0 else systems[::-1]
+            for system in order:
+                result = load(system, concurrency, args, env, expect)
+                runs[system.name][concurrency].append(result)
+                log.warning(
+                    "round %d, c=%d, %s: %.1f req/s, p50 %.1f ms",
+                    round_index + 1, concurrency, system.name, result["requests_per_s"],
+                    result["p50_ms"],
+                )  # fmt: skip
     raw: dict[str, Any] = {k: _median_figure([r[k] for r in raws]) for k in raws[0]}
-    raw["paired"] = paired
-    return raw, {c: median_run(r) for c, r in runs.items()}
+    paired = None
+    if args.pairs:
+        paired = run_json(
+            ["bench.paired_latency", "--url", systems[0].url, "--pairs", str(args.pairs),
+             "--cache-dir", cache],
+            env,
+        )  # fmt: skip
+    return {
+        "batch_size": batch_size,
+        "bare": raw,
+        "paired": paired,
+        "systems": {
+            name: {str(c): median_run(r) for c, r in by_c.items()} for name, by_c in runs.items()
+        },
+    }
 
 
 def _median_figure(values: list[Any]) -> Any:
@@ -192,79 +232,140 @@ def _median_figure(values: list[Any]) -> Any:
 
 
 def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    keys = (
-        "requests_per_s", "p50_ms", "p95_ms", "p99_ms", "mean_batch", "client_cpu_cores",
-        *(f"cpu_ms_per_req_{name}" for name in COMPONENTS),
-    )  # fmt: skip
-    merged: dict[str, Any] = {k: statistics.median(r[k] for r in runs) for k in keys}
-    merged["worker_rss_mb"] = max(r["worker_rss_mb"] for r in runs)
-    merged["web_rss_mb"] = max(r["web_rss_mb"] for r in runs)
+    """Medians of the rounds' figures; memory is the largest seen; errors are summed."""
+    merged: dict[str, Any] = {}
+    for key, value in runs[0].items():
+        if key.startswith("rss_mb_"):
+            merged[key] = max(r[key] for r in runs)
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            merged[key] = statistics.median(r[key] for r in runs)
     errors: dict[str, int] = {}
     for run in runs:
         for status, count in run["errors"].items():
             errors[status] = errors.get(status, 0) + count
     merged["errors"] = errors
+    merged["top1_checked"] = sum(r["top1_checked"] for r in runs)
+    merged["top1_correct"] = sum(r["top1_correct"] for r in runs)
     return merged
 
 
-def table(raw: dict[str, Any], service: dict[int, dict[str, Any]], batch_size: int) -> str:
+def _correct(run: dict[str, Any]) -> float:
+    return run["top1_correct"] / run["top1_checked"] if run["top1_checked"] else float("nan")
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def table(figures: dict[str, Any]) -> str:
+    """The issue's table (bare rows, peer, QueueNet) and the ratios against the targets."""
+    bare, n = figures["bare"], figures["batch_size"]
+    systems: dict[str, dict[str, dict[str, Any]]] = figures["systems"]
+    cs = sorted(int(c) for c in next(iter(systems.values())))
+    low, high = cs[0], cs[-1]
+    columns = [f"c={low} req/s", f"c={low} p50 ms"]
+    columns += [f"c={c} req/s" for c in cs[1:]] + [f"c={high} p99 ms", "correct top-1"]
+    blank = [""] * (len(cs) - 2)
+    fastest = bare["fastest_runtime"]
+    quickest = bare["bare_pipeline_runtime"]
     lines = [
-        f"bare model ({raw.get('runtime', 'tensorflow')}): batch 1 "
-        f"{raw['batch1_images_per_s']:.1f} img/s ({raw['batch1_ms']:.1f} ms), "
-        f"batch {batch_size} {raw['batchn_images_per_s']:.1f} img/s; bare pipeline "
-        f"(decode+resize+model) p50 {raw['pipeline_p50_ms']:.1f} ms; "
-        f"decode+resize p50 {raw['decode_resize_p50_ms']:.1f} ms",
-        "",
-        *(
-            [f"runtimes (bench.raw_model): {runtime_summary(raw, batch_size)}", ""]
-            if "litert_batch1_ratio" in raw
-            else []
-        ),
-        "| concurrency | req/s | × bare batch-N | p50 ms | p95 ms | p99 ms | mean batch "
-        "| errors | load-gen CPU |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| system | " + " | ".join(columns) + " |",
+        "|---" * (len(columns) + 1) + "|",
+        f"| bare model ({fastest}), batch 1 / batch {n} "
+        f"| {bare[f'{fastest}_batch1_images_per_s']:.0f} img/s "
+        f"| {1000 / bare[f'{fastest}_batch1_images_per_s']:.1f} | {' | '.join(blank)} "
+        f"| {bare[f'{fastest}_batchn_images_per_s']:.0f} img/s | | |",
+        f"| bare pipeline ({quickest}), one image at a time "
+        f"| {1000 / bare['bare_pipeline_p50_ms']:.1f} | {bare['bare_pipeline_p50_ms']:.1f} "
+        f"| {' | '.join(blank)} | | | |",
+        f"| bare limit: {bare['cores']} cores / ({bare['decode_resize_cpu_ms']:.1f} + "
+        f"{bare[f'{fastest}_batchn_cpu_ms_per_image']:.1f} CPU-ms) | | | {' | '.join(blank)} "
+        f"| {bare['bare_limit_images_per_s']:.0f} img/s | | |",
     ]
-    for concurrency, r in sorted(service.items()):
+    for name in (PEER, QUEUENET):
+        if name not in systems:
+            continue
+        runs = {int(c): r for c, r in systems[name].items()}
+        checked = sum(r["top1_checked"] for r in runs.values())
+        correct = sum(r["top1_correct"] for r in runs.values())
         lines.append(
-            f"| {concurrency} | {r['requests_per_s']:.1f} "
-            f"| {r['requests_per_s'] / raw['batchn_images_per_s']:.2f} "
-            f"| {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} "
-            f"| {r['mean_batch']:.1f} | {sum(r['errors'].values()) or 0} "
-            f"| {r['client_cpu_cores']:.2f} |"
+            f"| {name} | {runs[low]['requests_per_s']:.1f} | {runs[low]['p50_ms']:.1f} | "
+            + " | ".join(f"{runs[c]['requests_per_s']:.1f}" for c in cs[1:])
+            + f" | {runs[high]['p99_ms']:.0f} | {correct / max(checked, 1):.1%} of {checked} |"
         )
-    lines.append("")
+    return "\n".join([*lines, "", *verdicts(figures, low, high)])
+
+
+def verdicts(figures: dict[str, Any], low: int, high: int) -> list[str]:
+    bare, paired = figures["bare"], figures["paired"]
+    systems = figures["systems"]
+    ours = {int(c): r for c, r in systems[QUEUENET].items()}
+    peer = {int(c): r for c, r in systems[PEER].items()} if PEER in systems else None
+    limit = ours[high]["requests_per_s"] / bare["bare_limit_images_per_s"]
+    lines = [
+        f"c={high}: QueueNet = {limit:.2f} x the bare limit "
+        f"(target >= 0.8, {_verdict(limit >= 0.8)})"
+    ]
+    if peer:
+        ratio = ours[high]["requests_per_s"] / peer[high]["requests_per_s"]
+        lines[0] += f"; {ratio:.2f} x the peer's req/s (target >= 1.5, {_verdict(ratio >= 1.5)})"
+        p50 = ours[low]["p50_ms"] / peer[low]["p50_ms"]
+        lines.append(
+            f"c={low}: QueueNet p50 = {p50:.2f} x the peer's "
+            f"(target <= 0.6, {_verdict(p50 <= 0.6)})"
+        )
+    extra = ours[low]["p50_ms"] - bare["bare_pipeline_p50_ms"]
     lines.append(
-        "CPU per answered request (ms, all cores; warm-up included): "
-        + "; ".join(
-            f"c={c}: "
-            + ", ".join(f"{name} {r[f'cpu_ms_per_req_{name}']:.1f}" for name in COMPONENTS)
-            for c, r in sorted(service.items())
-        )
+        f"c={low}: QueueNet p50 - bare pipeline p50 = {extra:+.1f} ms unpaired (target <= 3, "
+        f"{_verdict(extra <= 3)})"
     )
-    if 1 in service:
-        extra = service[1]["p50_ms"] - raw["pipeline_p50_ms"]
-        lines.append(
-            f"concurrency 1, unpaired (medians taken minutes apart): service p50 - bare "
-            f"pipeline p50 = {extra:+.1f} ms"
-        )
-    paired = raw.get("paired")
     if paired:
         lines.append(
-            f"concurrency 1, paired ({paired['pairs']} images, bare pipeline and service back to "
-            f"back): bare p50 {paired['bare_p50_ms']:.1f} ms, service p50 "
-            f"{paired['service_p50_ms']:.1f} ms, median difference "
-            f"{paired['difference_p50_ms']:+.1f} ms (target ≤ 3)"
+            f"c={low}, paired ({paired['pairs']} images back to back): "
+            f"bare {paired['bare_p50_ms']:.1f} ms, QueueNet {paired['service_p50_ms']:.1f} ms, "
+            "median difference "
+            f"{paired['difference_p50_ms']:+.1f} ms ({_verdict(paired['difference_p50_ms'] <= 3)})"
         )
-    top = max(service)
-    ratio = service[top]["requests_per_s"] / raw["batchn_images_per_s"]
+    for name, runs in systems.items():
+        everything = list(runs.values())
+        share = sum(r["top1_correct"] for r in everything) / max(
+            sum(r["top1_checked"] for r in everything), 1
+        )
+        errors: dict[str, int] = {}
+        for run in everything:
+            for status, count in run["errors"].items():
+                errors[status] = errors.get(status, 0) + count
+        lines.append(
+            f"{name}: correct top-1 {share:.2%} ({_verdict(share == 1.0)}), errors {errors or 0}"
+        )
+    worker = max(r["rss_mb_worker"] for r in ours.values())
+    web = max(r["rss_mb_web"] for r in ours.values())
     lines.append(
-        f"concurrency {top}: throughput = {ratio:.2f} × bare batch-{batch_size} (target ≥ 0.6); "
-        f"mean batch {service[top]['mean_batch']:.1f} (target ≥ 16)"
+        f"RSS: worker {worker:.0f} MB (target <= 1200, {_verdict(worker <= 1200)}), largest web "
+        f"process {web:.0f} MB (<= 200, {_verdict(web <= 200)})"
     )
-    worker = max(r["worker_rss_mb"] for r in service.values())
-    web = max(r["web_rss_mb"] for r in service.values())
-    lines.append(f"RSS: worker {worker:.0f} MB (target ≤ 1200), web process {web:.0f} MB (≤ 200)")
-    return "\n".join(lines)
+    if peer:
+        lines[-1] += (
+            f"; peer: largest process {max(r['rss_mb_peer'] for r in peer.values()):.0f} MB, "
+            f"all {max(r['rss_mb_peer_total'] for r in peer.values()):.0f} MB"
+        )
+    lines.append(
+        "CPU-ms per answered request: "
+        + "; ".join(
+            f"c={c}: "
+            + ", ".join(f"{role} {r[f'cpu_ms_per_req_{role}']:.1f}" for role in QUEUENET_ROLES)
+            + (f", peer {peer[c]['cpu_ms_per_req_peer']:.1f}" if peer else "")
+            for c, r in sorted(ours.items())
+        )
+    )
+    lines.append(
+        "QueueNet mean batch: "
+        + ", ".join(f"c={c} {r['mean_batch']:.1f}" for c, r in sorted(ours.items()))
+        + "; load generator: "
+        + ", ".join(f"c={c} {r['client_cpu_cores']:.2f} cores" for c, r in sorted(ours.items()))
+    )
+    lines.append(f"runtimes (bench.raw_model): {runtime_summary(bare, figures['batch_size'])}")
+    return lines
 
 
 def runtime_summary(raw: dict[str, Any], batch_size: int) -> str:
@@ -281,26 +382,29 @@ def runtime_summary(raw: dict[str, Any], batch_size: int) -> str:
     return "; ".join(parts)
 
 
-def chart(raw: dict[str, Any], service: dict[int, dict[str, Any]], path: Path) -> None:
+def chart(figures: dict[str, Any], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    xs = sorted(service)
+    bare = figures["bare"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    left.plot(xs, [service[c]["requests_per_s"] for c in xs], "o-", label="QueueNet service")
-    left.axhline(raw["batchn_images_per_s"], color="grey", ls="--", label="bare model, batch N")
-    left.axhline(raw["batch1_images_per_s"], color="grey", ls=":", label="bare model, batch 1")
-    left.set(xlabel="concurrent clients", ylabel="images / s", title="Throughput", xscale="log")
-    left.set_xticks(xs, [str(c) for c in xs])
-    left.legend()
-    right.plot(xs, [service[c]["p50_ms"] for c in xs], "o-", label="service p50")
-    right.plot(xs, [service[c]["p99_ms"] for c in xs], "s--", label="service p99")
-    right.axhline(raw["pipeline_p50_ms"], color="grey", ls=":", label="bare pipeline, one image")
+    for (name, runs), marker in zip(figures["systems"].items(), "os", strict=False):
+        xs = sorted(int(c) for c in runs)
+        left.plot(xs, [runs[str(c)]["requests_per_s"] for c in xs], f"{marker}-", label=name)
+        right.plot(xs, [runs[str(c)]["p50_ms"] for c in xs], f"{marker}-", label=f"{name} p50")
+        right.plot(xs, [runs[str(c)]["p99_ms"] for c in xs], f"{marker}--", label=f"{name} p99")
+    left.axhline(bare["bare_limit_images_per_s"], color="grey", ls="--", label="bare limit")
+    left.set(xlabel="concurrent clients", ylabel="requests / s", title="Throughput", xscale="log")
+    right.axhline(
+        bare["bare_pipeline_p50_ms"], color="grey", ls=":", label="bare pipeline, one image"
+    )
     right.set(xlabel="concurrent clients", ylabel="ms", title="Latency", xscale="log", yscale="log")
-    right.set_xticks(xs, [str(c) for c in xs])
-    right.legend()
+    for axis in (left, right):
+        ticks = sorted(int(c) for c in figures["systems"][QUEUENET])
+        axis.set_xticks(ticks, [str(c) for c in ticks])
+        axis.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -308,23 +412,28 @@ def chart(raw: dict[str, Any], service: dict[int, dict[str, Any]], path: Path) -
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--concurrency", default="1,4,16,32")
+    parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--duration-s", type=float, default=20)
     parser.add_argument("--warmup-s", type=float, default=3)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument(
         "--pairs", type=int, default=150, help="bench.paired_latency pairs (0: skip)"
     )
-    parser.add_argument("--chart", default="docs/bench.png")
+    parser.add_argument("--no-peer", action="store_true", help="QueueNet and the bare model only")
+    parser.add_argument("--chart", default="docs/bench.png", help="'' for none")
+    parser.add_argument("--json-out", default="", help="write every figure there as JSON")
     parser.add_argument("--serve-arg", action="append", default=[], help="passed to serve")
     args = parser.parse_args(argv)
-    args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    args.concurrency = sorted(int(c) for c in args.concurrency.split(","))
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     env = service_env()
-    batch_size = int(env.get("QUEUENET_BATCH_SIZE", "32"))
-    raw, service = measure(args, env, batch_size)
-    sys.stdout.write(table(raw, service, batch_size) + "\n")
+    batch_size = WorkerSettings.from_env(env).batch_size
+    figures = measure(args, env, batch_size)
+    sys.stdout.write(table(figures) + "\n")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(figures, indent=1), encoding="utf-8")
     if args.chart:
-        chart(raw, service, ROOT / args.chart)
+        chart(figures, ROOT / args.chart)
         sys.stdout.write(f"chart: {args.chart}\n")
     return 0
 
