@@ -36,6 +36,7 @@ from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
 logger = logging.getLogger("protocol_clients")
 
 CLASSES = 5
+"""``class_count`` asked of tritonclient (fewer when the model has fewer classes)."""
 
 
 def top1_predict(url: str, model: str, images: list[bytes]) -> list[int]:
@@ -54,22 +55,21 @@ def triton_calls(url: str, model: str, images: list[bytes]) -> dict[str, Any]:
     """tritonclient[http], with its defaults (binary tensor data both ways)."""
     client = triton.InferenceServerClient(url.removeprefix("http://"), network_timeout=60)
     try:
+        metadata = client.get_model_metadata(model)
+        classes = min(CLASSES, metadata["outputs"][0]["shape"][1])
         batch = np.array(images, dtype=np.object_)
         image = triton.InferInput("image", [len(images)], "BYTES")
         image.set_data_from_numpy(batch)  # binary_data=True: the binary tensor extension
         probabilities = client.infer(model, [image], request_id="triton-1")
         table = probabilities.as_numpy("probabilities")
-        classified = client.infer(
-            model,
-            [image],
-            outputs=[triton.InferRequestedOutput("probabilities", class_count=CLASSES)],
-        ).as_numpy("probabilities")
+        wanted = [triton.InferRequestedOutput("probabilities", class_count=classes)]
+        classified = client.infer(model, [image], outputs=wanted).as_numpy("probabilities")
         return {
             "live": client.is_server_live(),
             "ready": client.is_server_ready(),
             "model_ready": client.is_model_ready(model),
             "server_extensions": client.get_server_metadata()["extensions"],
-            "model_outputs": client.get_model_metadata(model)["outputs"],
+            "model_outputs": metadata["outputs"],
             "id": probabilities.get_response()["id"],
             "shape": list(table.shape),
             "top1": [int(i) for i in table.argmax(axis=1)],
@@ -166,7 +166,7 @@ def top1_lists(report: dict[str, Any]) -> dict[str, list[int]]:
     """Every client's top-1 indices, by client and call."""
     return {
         "tritonclient FP32": report["tritonclient"]["top1"],
-        "tritonclient class_count=5": report["tritonclient"]["top1_classification"],
+        "tritonclient class_count": report["tritonclient"]["top1_classification"],
         "kserve V2 binary": report["kserve"]["v2_top1"],
         "kserve V2 base64": report["kserve"]["v2_base64_top1"],
         "kserve V1 :predict": report["kserve"]["v1_top1"],
@@ -188,7 +188,8 @@ def print_report(report: dict[str, Any]) -> None:
         f"shape={triton_info['shape']}\n"
         f"  extensions={triton_info['server_extensions']}\n"
         f"  outputs={triton_info['model_outputs']}\n"
-        f"  class_count=5, first image: {triton_info['classification'][0]}\n"
+        f"  class_count={len(triton_info['classification'][0])}, first image: "
+        f"{triton_info['classification'][0]}\n"
     )
     out.write(
         f"kserve SDK V2: live={kserve_info['v2_live']} ready={kserve_info['v2_ready']} "
