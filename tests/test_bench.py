@@ -187,3 +187,25 @@ def test_profile_bench_shows_where_a_request_spends_its_time(
     ][0]
     assert 0.5 * client_ms < web_total <= 1.1 * client_ms, out.stdout
     assert 0.5 * client_ms < bare_ms < client_ms, out.stdout
+
+
+def test_protocols_bench_compares_each_protocol_with_predict_in_one_run(
+    live: LiveService,
+) -> None:
+    """Every protocol's request against /predict's, interleaved: all answered 200 with
+    /predict's top-1 (the bench checks each answer), figures for each, /predict the base."""
+    live.start_worker()
+    url = live.start_web()
+    out = run_module("bench.protocols", "--url", url, "--model", "tiny", "--rounds", "4", "--json")
+    assert out.returncode == 0, out.stderr[-3000:]
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    kinds = [f["kind"] for f in figures]
+    assert kinds[0].startswith("queuenet /predict") and len(kinds) == 6
+    assert any(k.startswith("kserve-v2 binary") for k in kinds)
+    assert any(k.startswith("tfserving :classify") for k in kinds)
+    assert figures[0]["ratio"] == 1.0 and figures[0]["over_predict_ms"] == 0.0
+    for f in figures:
+        assert f["p50_ms"] > 0 and f["ratio"] > 0 and f["request_bytes"] > 0, f
+        assert f["response_bytes"] > 0, f
+    text = run_module("bench.protocols", "--url", url, "--model", "tiny", "--rounds", "2")
+    assert text.returncode == 0 and "| x /predict |" in text.stdout, text.stderr[-3000:]
