@@ -235,8 +235,9 @@ def check_agreement(all_kinds: list[Kind], answers: dict[int, Top1]) -> None:
 
 def table(figures: list[Figures], rounds: int) -> str:
     rows = [
-        f"{rounds} rounds, one request of each kind per round (photos in turn), medians:",
-        "| protocol | p50 ms | over /predict ms | x /predict | request bytes | response bytes |",
+        f"{rounds} rounds, one request of each kind per round (photos in turn), medians; "
+        "bytes: the last photo",
+        "| protocol | p50 ms | over /predict ms | x /predict | request bytes | answer bytes |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for f in figures:
