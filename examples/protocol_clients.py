@@ -10,11 +10,12 @@ environment does not have): ``python3 -m venv .venv-clients &&
 
 For every image it prints the top-1 class index that each client got: QueueNet's own
 ``POST /predict`` (the reference), tritonclient (binary tensors both ways, FP32
-probabilities and ``class_count=5``), the kserve SDK's REST client over V2 (binary and
-base64 JSON) and V1 (TF Serving's ``:predict``), and plain HTTP (``requests``, what curl
-sends) over V2 JSON and TF Serving's ``:classify``; then the health, readiness and metadata
-calls. ``--json`` prints one JSON object instead (tests/test_protocol_clients.py reads it).
-Exit status 0 when every client answered and agreed with ``/predict``, else 1.
+probabilities, ``class_count=5``, a gzip-compressed request), the kserve SDK's REST client
+over V2 (binary and base64 JSON) and V1 (TF Serving's ``:predict``), and plain HTTP
+(``requests``, what curl sends) over V2 JSON and TF Serving's ``:classify``; then the
+health, readiness and metadata calls. ``--json`` prints one JSON object instead
+(tests/test_protocol_clients.py reads it). Exit status 0 when every client answered and
+agreed with ``/predict``, else 1.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ def triton_calls(url: str, model: str, images: list[bytes]) -> dict[str, Any]:
         image.set_data_from_numpy(batch)  # binary_data=True: the binary tensor extension
         probabilities = client.infer(model, [image], request_id="triton-1")
         table = probabilities.as_numpy("probabilities")
+        gzipped = client.infer(model, [image], request_compression_algorithm="gzip")
         wanted = [triton.InferRequestedOutput("probabilities", class_count=classes)]
         classified = client.infer(model, [image], outputs=wanted).as_numpy("probabilities")
         return {
@@ -73,6 +75,7 @@ def triton_calls(url: str, model: str, images: list[bytes]) -> dict[str, Any]:
             "id": probabilities.get_response()["id"],
             "shape": list(table.shape),
             "top1": [int(i) for i in table.argmax(axis=1)],
+            "top1_gzip": [int(i) for i in gzipped.as_numpy("probabilities").argmax(axis=1)],
             "classification": [[s.decode() for s in row] for row in classified],
             "top1_classification": [int(row[0].split(b":")[1]) for row in classified],
         }
@@ -167,6 +170,7 @@ def top1_lists(report: dict[str, Any]) -> dict[str, list[int]]:
     return {
         "tritonclient FP32": report["tritonclient"]["top1"],
         "tritonclient class_count": report["tritonclient"]["top1_classification"],
+        "tritonclient gzip request": report["tritonclient"]["top1_gzip"],
         "kserve V2 binary": report["kserve"]["v2_top1"],
         "kserve V2 base64": report["kserve"]["v2_base64_top1"],
         "kserve V1 :predict": report["kserve"]["v1_top1"],

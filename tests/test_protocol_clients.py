@@ -66,6 +66,7 @@ def test_every_client_gets_predicts_top1_on_every_photo(report: dict[str, Any]) 
     triton, kserve = report["tritonclient"], report["kserve"]
     assert triton["top1"] == reference, "tritonclient, FP32 probabilities (binary)"
     assert triton["top1_classification"] == reference, "tritonclient, class_count=5"
+    assert triton["top1_gzip"] == reference, "tritonclient, gzip-compressed request"
     assert kserve["v2_top1"] == reference, "kserve SDK, V2 binary"
     assert kserve["v2_base64_top1"] == reference, "kserve SDK, V2 base64 JSON"
     assert kserve["v1_top1"] == reference, "kserve SDK, V1 :predict"
@@ -104,6 +105,6 @@ def test_demo_script_prints_what_each_client_got(serve_url: str) -> None:
     out = run_demo(serve_url, photos)
     assert out.returncode == 0, out.stdout + out.stderr[-3000:]
     lines = out.stdout.splitlines()
-    assert sum(line.endswith("(same)") for line in lines) == 6, out.stdout
+    assert sum(line.endswith("(same)") for line in lines) == 7, out.stdout
     assert "class_count=5, first image: ['0." in out.stdout
     assert "kserve SDK V2: live=True ready=True model_ready=True" in out.stdout

@@ -460,3 +460,39 @@ def test_every_protocol_route_is_registered(app: Flask) -> None:
         "/v1/models/<model>/versions/<version>:predict", "/v1/models/<model>:classify",
         "/v1/models/<model>/versions/<version>:classify",
     } <= rules  # fmt: skip
+
+
+def test_compressed_bodies_are_read_within_the_upload_limit(
+    app_settings: AppSettings, worker: Worker
+) -> None:
+    """tritonclient's request_compression_algorithm: gzip or deflate bodies; one that would
+    decompress past QUEUENET_MAX_UPLOAD_BYTES is a 413, however small it travels."""
+    import gzip
+    import zlib
+
+    settings = AppSettings(redis=app_settings.redis, max_upload_bytes=256 * 1024)
+    client = create_app(settings).test_client()
+    body, headers = v2_binary("blue")
+    for encoding, packed in (("gzip", gzip.compress(body)), ("deflate", zlib.compress(body))):
+        response = client.post(
+            "/v2/models/tiny/infer", data=packed, headers=headers | {"Content-Encoding": encoding}
+        )
+        assert response.status_code == 200, (encoding, response.get_data())
+        _, raw = split_response(response)
+        assert TINY_LABELS[int(np.argmax(np.frombuffer(raw, dtype="<f4")))] == "blue"
+    tf = client.post(
+        "/v1/models/tiny:predict",
+        data=gzip.compress(json.dumps({"instances": [{"b64": b64(png("red"))}]}).encode()),
+        headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+    )
+    assert tf.status_code == 200 and np.argmax(tf.get_json()["predictions"][0]) == 0
+    bomb = gzip.compress(b"{" + b" " * (1024 * 1024))  # 1 MiB of JSON in ~1 KiB
+    response = client.post("/v2/models/tiny/infer", data=bomb, headers={"Content-Encoding": "gzip"})
+    assert (
+        response.status_code == 413 and "decompresses to more than" in response.get_json()["error"]
+    )
+    for encoding, data in (("br", b"x"), ("gzip", b"not gzip"), ("gzip", gzip.compress(body)[:-9])):
+        response = client.post(
+            "/v2/models/tiny/infer", data=data, headers={"Content-Encoding": encoding}
+        )
+        assert response.status_code == 400, (encoding, response.get_data())

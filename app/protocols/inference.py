@@ -12,13 +12,16 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from flask import current_app, g
+from flask import current_app, g, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from app.errors import APIError, InvalidImageError, InvalidRequestError
 from app.preprocess import ImageDecodeError, image_to_input
+from app.protocols.encodings import ContentEncodingError, DecodedTooLargeError, decode_body
 from app.queueing import PredictionService
 from app.routing import ModelRouter, Target
 from app.settings import AppSettings
+from app.uploads import too_large_message
 from protocol.messages import PredictResult
 from protocol.status import VersionStatus, version_status
 
@@ -70,6 +73,22 @@ def status(model: str, version: str | None) -> tuple[list[str], list[VersionStat
     client = current_app.extensions["redis"]
     keys = router().keys
     return versions, [version_status(client, keys.version(model, v)) for v in wanted]
+
+
+def read_body() -> bytes:
+    """The request body, decompressed when it says so (gzip, deflate), within
+    ``QUEUENET_MAX_UPLOAD_BYTES`` either way (413 over it)."""
+    try:
+        body = request.get_data(cache=False)
+    except RequestEntityTooLarge:
+        raise RequestEntityTooLarge(too_large_message(request)) from None
+    encoding = request.headers.get("Content-Encoding")
+    try:
+        return decode_body(body, encoding, max_bytes=settings().max_upload_bytes)
+    except DecodedTooLargeError as exc:
+        raise RequestEntityTooLarge(str(exc)) from None
+    except ContentEncodingError as exc:
+        raise InvalidRequestError(str(exc)) from None
 
 
 def deadline_from(timeout_s: float | None) -> float:

@@ -20,7 +20,6 @@ from typing import Any
 
 import orjson
 from flask import Blueprint, Response, current_app, request
-from werkzeug.exceptions import RequestEntityTooLarge
 
 from app.errors import InvalidRequestError
 from app.ops import readiness_checks
@@ -43,7 +42,6 @@ from app.protocols.v2_messages import (
     probabilities_output,
     render_response,
 )
-from app.uploads import too_large_message
 
 logger = logging.getLogger(__name__)
 
@@ -164,10 +162,7 @@ def infer(model: str, version: str | None = None) -> Response:
 
 
 def _read_request() -> InferRequest:
-    try:
-        body = request.get_data(cache=False)
-    except RequestEntityTooLarge:
-        raise RequestEntityTooLarge(too_large_message(request)) from None
+    body = inference.read_body()
     try:
         json_part, binary = split_body(body, request.headers.get(HEADER_LENGTH))
         header = orjson.loads(json_part)

@@ -13,8 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from flask import Blueprint, Response, request
-from werkzeug.exceptions import RequestEntityTooLarge
+from flask import Blueprint, Response
 
 from app.errors import InvalidRequestError
 from app.protocols import inference
@@ -26,7 +25,6 @@ from app.protocols.tfserving_messages import (
     parse_predict,
     signature_def,
 )
-from app.uploads import too_large_message
 from protocol.status import VersionStatus
 
 bp = Blueprint("tfserving", __name__, url_prefix="/v1")
@@ -108,10 +106,6 @@ def classify(model: str, version: str | None = None) -> Response:
 
 def _read_json() -> Any:
     try:
-        body = request.get_data(cache=False)
-    except RequestEntityTooLarge:
-        raise RequestEntityTooLarge(too_large_message(request)) from None
-    try:
-        return orjson.loads(body)
+        return orjson.loads(inference.read_body())
     except orjson.JSONDecodeError as exc:
         raise InvalidRequestError(f"the body is not valid JSON ({exc})") from None
