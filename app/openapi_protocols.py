@@ -205,7 +205,9 @@ def _v2_infer(settings: AppSettings, version: bool, example: str) -> Schema:
             '`"score:index:label"`. `"binary_data": true` on the output, or '
             '`"binary_data_output": true` on the request, answers it as binary tensor data '
             f"(`{BINARY_CONTENT_TYPE}`). `parameters.timeout` (microseconds) shortens the "
-            f"deadline ({settings.predict_timeout_s:g} s). The request `id` is echoed."
+            f"deadline ({settings.predict_timeout_s:g} s). The request `id` is echoed. A body "
+            "may be sent with `Content-Encoding: gzip` or `deflate`; the size limit applies "
+            "after decompression."
         ),
         "parameters": _model(version)
         + [
