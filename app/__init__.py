@@ -24,9 +24,8 @@ from app.queueing import PredictionService
 from app.routing import ModelRouter
 from app.settings import AppSettings
 from app.views import bp
-from protocol.connection import connect
-from protocol.keys import Keys
-from protocol.routing import ModelDirectory
+from protocol.backend import connect_backend
+from protocol.shards import ShardHealth, directory_for
 
 logger = logging.getLogger(__name__)
 
@@ -37,14 +36,17 @@ def create_app(settings: AppSettings | None = None) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     # A deadline of predict_timeout_s on the server-side BLPOP; the socket may wait that long.
-    client = connect(settings.redis, blocking_timeout_s=settings.predict_timeout_s)
-    keys = Keys(settings.redis.namespace)
-    app.extensions["redis"] = client
+    backend = connect_backend(settings.redis, blocking_timeout_s=settings.predict_timeout_s)
+    keys = backend.keys(settings.redis.namespace)
+    health = ShardHealth(backend.shards)
+    app.extensions["queuenet.backend"] = backend
     app.extensions["queuenet.settings"] = settings
     app.extensions["queuenet.router"] = ModelRouter(
-        ModelDirectory(client, keys), keys, default_model=settings.default_model
+        directory_for(backend, keys), backend, keys, default_model=settings.default_model
     )
-    app.extensions["queuenet.service"] = PredictionService(client, max_queue=settings.max_queue)
+    app.extensions["queuenet.service"] = PredictionService(
+        backend, keys, max_queue=settings.max_queue, health=health
+    )
     app.register_blueprint(bp)
     app.register_blueprint(models_bp)
     app.register_blueprint(ops_bp)
@@ -77,9 +79,10 @@ def _log_request(response: Response) -> Response:
     endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
     protocol = protocol_of(request.path)
     metrics.observe(endpoint, response.status_code, code, elapsed_s, model, version, protocol)
+    shard = g.get("shard")
     logger.info(
-        "request %s %s status=%d code=%s ms=%.1f model=%s version=%s job_id=%s batch_id=%s "
-        "worker=%s protocol=%s",
+        "request %s %s status=%d code=%s ms=%.1f model=%s version=%s shard=%s job_id=%s "
+        "batch_id=%s worker=%s protocol=%s",
         request.method,
         request.path,
         response.status_code,
@@ -87,6 +90,7 @@ def _log_request(response: Response) -> Response:
         elapsed_s * 1000.0,
         model or "-",
         version or "-",
+        "-" if shard is None else shard,
         job_id or "-",
         g.get("batch_id", "") or "-",
         g.get("worker", "") or "-",

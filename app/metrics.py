@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 
 from app.protocols import QUEUENET
 from protocol import error_codes as codes
+from protocol.backend import Backend
 from protocol.keys import Keys
 from protocol.routing import Route
 from protocol.status import catalog_status
@@ -74,14 +75,14 @@ def observe(
 class QueueCollector(Collector):
     """Gauges read from Redis at scrape time, one series per model version."""
 
-    def __init__(self, client: redis.Redis, keys: Keys) -> None:
-        self.client = client
+    def __init__(self, backend: Backend, keys: Keys) -> None:
+        self.backend = backend
         self.keys = keys
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("queuenet_redis_up", "1 when Redis answered this scrape")
         try:
-            _, models = catalog_status(self.client, self.keys)
+            _, models = catalog_status(self.backend, self.keys)
         except redis.RedisError as exc:
             logger.warning("metrics: redis unreachable: %s", exc)
             up.add_metric([], 0)
@@ -109,6 +110,16 @@ class QueueCollector(Collector):
             "Share (0..1) of a model's unversioned requests that a version takes",
             labels=labels,
         )
+        shard_depth = GaugeMetricFamily(
+            "queuenet_shard_queue_depth",
+            "Requests waiting in one shard of a version's queue",
+            labels=[*labels, "shard"],
+        )
+        shard_up = GaugeMetricFamily(
+            "queuenet_shard_up",
+            "1 when a shard of a version's queue answered this scrape",
+            labels=[*labels, "shard"],
+        )
         for model in models:
             route = model.route
             for v in model.versions:
@@ -118,7 +129,10 @@ class QueueCollector(Collector):
                 dead.add_metric(values, v.dead_letters)
                 card.add_metric(values, int(v.card is not None))
                 serving.add_metric(values, _share(route, v.version))
-        yield from (depth, live, dead, card, serving)
+                for shard, queued in enumerate(v.shard_queued):
+                    shard_up.add_metric([*values, str(shard)], int(queued is not None))
+                    shard_depth.add_metric([*values, str(shard)], queued or 0)
+        yield from (depth, live, dead, card, serving, shard_depth, shard_up)
 
 
 def _share(route: Route | None, version: str) -> float:
@@ -130,7 +144,7 @@ def _share(route: Route | None, version: str) -> float:
     return 1.0 - canary if version == route.serving else 0.0
 
 
-def render(client: redis.Redis, keys: Keys, multiprocess_dir: str) -> bytes:
+def render(backend: Backend, keys: Keys, multiprocess_dir: str) -> bytes:
     """The exposition text: this process's (or all gunicorn processes') metrics + the queues."""
     registry = CollectorRegistry()
     if multiprocess_dir:
@@ -138,5 +152,5 @@ def render(client: redis.Redis, keys: Keys, multiprocess_dir: str) -> bytes:
     else:
         for collector in (REQUESTS, PREDICT_LATENCY, TIMEOUTS, REJECTIONS):
             registry.register(collector)
-    registry.register(QueueCollector(client, keys))
+    registry.register(QueueCollector(backend, keys))
     return generate_latest(registry)

@@ -8,20 +8,23 @@ from flask import Blueprint, Response, current_app, jsonify
 
 from app.errors import ModelNotFoundError
 from app.redis_errors import redis_errors_as_503
+from app.routing import ModelRouter
 from app.settings import AppSettings
-from protocol.keys import Keys
 from protocol.status import catalog_status
 
 bp = Blueprint("models", __name__)
+
+
+def _router() -> ModelRouter:
+    router: ModelRouter = current_app.extensions["queuenet.router"]
+    return router
 
 
 @bp.get("/models")
 def list_models() -> Response:
     settings: AppSettings = current_app.extensions["queuenet.settings"]
     with redis_errors_as_503():
-        catalog, models = catalog_status(
-            current_app.extensions["redis"], Keys(settings.redis.namespace)
-        )
+        catalog, models = catalog_status(_router().backend, _router().keys)
     return jsonify(
         {
             "default": settings.default_model or catalog.default,
@@ -32,11 +35,8 @@ def list_models() -> Response:
 
 @bp.get("/models/<name>")
 def show_model(name: str) -> Response:
-    settings: AppSettings = current_app.extensions["queuenet.settings"]
     with redis_errors_as_503():
-        catalog, models = catalog_status(
-            current_app.extensions["redis"], Keys(settings.redis.namespace)
-        )
+        catalog, models = catalog_status(_router().backend, _router().keys)
     for model in models:
         if model.name == name:
             return jsonify(model.to_json())

@@ -13,7 +13,6 @@ from app.metrics import render
 from app.openapi import openapi_document
 from app.routing import ModelRouter
 from app.settings import AppSettings
-from protocol.keys import Keys
 from protocol.status import version_status
 
 bp = Blueprint("ops", __name__)
@@ -29,20 +28,17 @@ def readyz() -> Response:
     """200 only when this replica can serve the default model now; 503 says which check
     failed."""
     settings: AppSettings = current_app.extensions["queuenet.settings"]
-    checks = readiness_checks(_router(), current_app.extensions["redis"], settings.max_queue)
+    checks = readiness_checks(_router(), settings.max_queue)
     ready = all(check["ok"] for check in checks.values())
     response = jsonify({"ready": ready, "checks": checks})
     response.status_code = 200 if ready else 503
     return response
 
 
-def readiness_checks(
-    router: ModelRouter, client: redis.Redis, max_queue: int
-) -> dict[str, dict[str, Any]]:
+def readiness_checks(router: ModelRouter, max_queue: int) -> dict[str, dict[str, Any]]:
     """Redis answers; the default model's serving version has a model card, a live worker
-    and room in its queue."""
+    and room in its queue (on the shards that answer)."""
     try:
-        client.ping()
         catalog = router.directory.catalog()
     except redis.RedisError as exc:
         return {"redis": {"ok": False, "error": f"Redis unreachable ({type(exc).__name__})"}}
@@ -54,7 +50,7 @@ def readiness_checks(
         return checks
     checks["model"] = {"ok": True, "name": name, "version": route.serving}
     try:
-        status = version_status(client, router.keys.version(name, route.serving))
+        status = version_status(router.backend, router.keys, name, route.serving, router.health)
     except redis.RedisError as exc:
         return {"redis": {"ok": False, "error": f"Redis unreachable ({type(exc).__name__})"}}
     live = len(status.live_workers)
@@ -67,6 +63,11 @@ def readiness_checks(
     checks["queue"] = {"ok": depth < max_queue, "depth": depth, "max": max_queue} | (
         {} if depth < max_queue else {"error": "the queue is full"}
     )
+    if len(status.shard_queued) > 1:
+        down = [i for i, n in enumerate(status.shard_queued) if n is None]
+        checks["shards"] = {"ok": len(down) < len(status.shard_queued), "down": down} | (
+            {} if len(down) < len(status.shard_queued) else {"error": "no shard answers"}
+        )
     return checks
 
 
@@ -75,8 +76,8 @@ def metrics() -> Response:
     """Prometheus exposition of the web tier and the queue."""
     settings: AppSettings = current_app.extensions["queuenet.settings"]
     body = render(
-        current_app.extensions["redis"],
-        Keys(settings.redis.namespace),
+        _router().backend,
+        _router().keys,
         settings.prometheus_multiproc_dir,
     )
     return Response(body, content_type=CONTENT_TYPE_LATEST)  # it carries its own charset

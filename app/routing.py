@@ -16,10 +16,11 @@ from dataclasses import dataclass
 
 from app.errors import ModelNotFoundError, ModelUnavailableError
 from app.redis_errors import RETRY_AFTER_S, redis_errors_as_503
-from protocol.keys import Keys, VersionKeys
+from protocol.backend import Backend
+from protocol.keys import Keys
 from protocol.messages import ModelCard
 from protocol.routing import Catalog, ModelDirectory
-from protocol.workers import WorkerRegistry
+from protocol.shards import SHARD_ERRORS, ShardedRegistry, ShardHealth
 
 logger = logging.getLogger(__name__)
 
@@ -29,22 +30,19 @@ web process within this time (a draining worker waits longer, see worker.loop.DR
 CARD_TTL_S = 1.0
 """How long a web process reuses a version's model card (a worker checks every message against
 its own card anyway)."""
+STALE_IF_ERROR_S = 60.0
+"""How long a web process goes on with the catalog or a card it read last while Redis cannot
+give them (a Redis Cluster failing over the catalog's master, a Sentinel failover): requests
+keep flowing to the shards that answer."""
 
 
 @dataclass(frozen=True)
 class Target:
     """The model version one request goes to, and the card that prepares its images."""
 
-    keys: VersionKeys
+    model: str
+    version: str
     card: ModelCard
-
-    @property
-    def model(self) -> str:
-        return self.keys.model
-
-    @property
-    def version(self) -> str:
-        return self.keys.version
 
 
 class ModelRouter:
@@ -53,26 +51,36 @@ class ModelRouter:
     def __init__(
         self,
         directory: ModelDirectory,
+        backend: Backend,
         keys: Keys,
         *,
         default_model: str = "",
         draw: Callable[[], float] | None = None,
     ) -> None:
         self.directory = directory
+        self.backend = backend
         self.keys = keys
+        self.health = ShardHealth(backend.shards)
         self.default_model = default_model
         self._draw = draw
         self._lock = threading.Lock()
         self._catalog: tuple[float, Catalog] | None = None
-        self._cards: dict[VersionKeys, tuple[float, ModelCard]] = {}
+        self._cards: dict[tuple[str, str], tuple[float, ModelCard]] = {}
 
     def catalog(self) -> Catalog:
         with self._lock:
             cached = self._catalog
-        if cached is not None and time.monotonic() - cached[0] < ROUTES_TTL_S:
+        age_s = time.monotonic() - cached[0] if cached is not None else 0.0
+        if cached is not None and age_s < ROUTES_TTL_S:
             return cached[1]
-        with redis_errors_as_503():
+        try:
             catalog = self.directory.catalog()
+        except SHARD_ERRORS as exc:
+            if cached is not None and age_s < STALE_IF_ERROR_S:
+                _warn_stale("catalog", exc)
+                return cached[1]
+            with redis_errors_as_503():
+                raise
         with self._lock:
             self._catalog = (time.monotonic(), catalog)
         return catalog
@@ -105,23 +113,42 @@ class ModelRouter:
                 f"{', '.join(catalog.versions[name])}",
                 code="model_version_not_found",
             )
-        keys = self.keys.version(name, version)
-        return Target(keys, self.card(keys))
+        return Target(name, version, self.card(name, version))
 
-    def card(self, keys: VersionKeys) -> ModelCard:
-        """The version's published model card, re-read at most every CARD_TTL_S seconds."""
+    def card(self, model: str, version: str) -> ModelCard:
+        """The version's published model card (from any shard that answers), re-read at most
+        every CARD_TTL_S seconds."""
         with self._lock:
-            cached = self._cards.get(keys)
-        if cached is not None and time.monotonic() - cached[0] < CARD_TTL_S:
+            cached = self._cards.get((model, version))
+        age_s = time.monotonic() - cached[0] if cached is not None else 0.0
+        if cached is not None and age_s < CARD_TTL_S:
             return cached[1]
-        with redis_errors_as_503():
-            card = WorkerRegistry(self.directory.client, keys).card()
+        try:
+            card = ShardedRegistry(self.backend, self.keys, model, version, self.health).card()
+        except SHARD_ERRORS as exc:
+            if cached is not None and age_s < STALE_IF_ERROR_S:
+                _warn_stale(f"model card of {model} version {version}", exc)
+                return cached[1]
+            with redis_errors_as_503():
+                raise
         if card is None:
             raise ModelUnavailableError(
-                f"version {keys.version} of {keys.model} has no model card: no worker of it "
-                "has started yet, or Redis lost it (workers publish it again within seconds)",
+                f"version {version} of {model} has no model card: no worker of it has started "
+                "yet, or Redis lost it (workers publish it again within seconds)",
                 retry_after_s=RETRY_AFTER_S,
             )
         with self._lock:
-            self._cards[keys] = (time.monotonic(), card)
+            self._cards[(model, version)] = (time.monotonic(), card)
         return card
+
+
+_last_stale_warning = [0.0]
+STALE_WARNING_INTERVAL_S = 5.0
+
+
+def _warn_stale(what: str, exc: Exception) -> None:
+    """At most one line every few seconds while Redis cannot give what the router reuses."""
+    now = time.monotonic()
+    if now - _last_stale_warning[0] >= STALE_WARNING_INTERVAL_S:
+        _last_stale_warning[0] = now
+        logger.warning("redis cannot give the %s (%s); going on with the last one read", what, exc)

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-
-import redis
+from typing import Any
 
 from protocol.keys import Keys
 
@@ -48,21 +47,25 @@ class Footprint:
 
 
 class Inspector:
-    def __init__(self, client: redis.Redis, keys: Keys) -> None:
-        self.client = client
+    """One namespace on every server of a deployment (``clients``: a client, a list of them
+    (independent shards), or a Redis Cluster client, whose scans cover every master)."""
+
+    def __init__(self, clients: Any, keys: Keys) -> None:
+        self.clients: list[Any] = list(clients) if isinstance(clients, (list, tuple)) else [clients]
         self.keys = keys
 
-    def _scan(self, kind: str) -> Iterator[str]:
+    def _scan(self, kind: str) -> Iterator[tuple[Any, str]]:
         pattern = f"{self.keys.namespace}:{{*}}:{kind}" + (":*" if kind in _PER_WORKER else "")
-        for key in self.client.scan_iter(match=pattern, count=SCAN_COUNT):
-            yield key.decode() if isinstance(key, bytes) else key
+        for client in self.clients:
+            for key in client.scan_iter(match=pattern, count=SCAN_COUNT):
+                yield client, key.decode() if isinstance(key, bytes) else key
 
     def keys_of(self, kind: str) -> list[str]:
         """Every key of ``kind`` (one of queue, processing, result, heartbeat, owner, workers,
-        card, dead) in every model version of the namespace."""
+        card, dead) in every model version (and shard) of the namespace."""
         if kind not in _KINDS:
             raise ValueError(f"unknown kind {kind!r}; one of {', '.join(_KINDS)}")
-        return sorted(self._scan(kind))
+        return sorted(key for _, key in self._scan(kind))
 
     def result_job_ids(self) -> list[str]:
         """The job ids of results nobody has read yet."""
@@ -73,13 +76,9 @@ class Inspector:
         return len(self.keys_of("heartbeat"))
 
     def _total_length(self, kind: str) -> int:
-        keys = self.keys_of(kind)
-        if not keys:
-            return 0
-        with self.client.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.llen(key)
-            return sum(int(n) for n in pipe.execute())
+        if kind not in _KINDS:
+            raise ValueError(f"unknown kind {kind!r}")
+        return sum(int(client.llen(key)) for client, key in self._scan(kind))
 
     def footprint(self) -> Footprint:
         results = len(self.keys_of("result"))
@@ -87,7 +86,8 @@ class Inspector:
             len(self.keys_of(kind)) for kind in ("heartbeat", "owner", "leaving", "workers", "card")
         )
         bookkeeping += sum(
-            int(self.client.exists(k))
+            int(client.exists(k))
+            for client in self.clients
             for k in (self.keys.versions(), self.keys.routing(), self.keys.default_model())
         )
         return Footprint(
@@ -100,7 +100,8 @@ class Inspector:
 
     def delete_all(self) -> int:
         """Remove every key of the namespace (tests and benchmarks clean up after themselves)."""
-        doomed = list(self.client.scan_iter(match=self.keys.pattern(), count=SCAN_COUNT))
-        if doomed:
-            self.client.delete(*doomed)
-        return len(doomed)
+        removed = 0
+        for client in self.clients:
+            for key in list(client.scan_iter(match=self.keys.pattern(), count=SCAN_COUNT)):
+                removed += int(client.delete(key))  # one at a time: keys of many slots
+        return removed

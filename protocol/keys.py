@@ -7,9 +7,11 @@ script may touch several of them in Redis Cluster::
     {ns}:{catalog}:routing         hash: model name -> JSON {serving, canary, canary_percent}
     {ns}:{catalog}:default-model   the model that POST /predict serves
 
-Each model version has its own keys, all under one Redis Cluster hash tag
-``{name@version#shard}`` (shard 0 until the queue is sharded), so that every script a version
-runs touches one slot, result keys included::
+Each model version's queue is split into shards (``QUEUENET_SHARDS``); each shard's keys share
+one Redis Cluster hash tag ``{name@version#shard}``, so that every script it runs touches one
+slot, result keys included. In a Redis Cluster the tag carries a suffix (``#shard~n``) chosen
+so that shard ``i`` of ``N`` hashes into the ``i``-th ``N``-th of the slot space, which spreads
+the shards over the masters of an evenly split cluster::
 
     {ns}:{m@v#s}:queue                 pending request messages (RPUSH by web, claimed by workers)
     {ns}:{m@v#s}:processing:{worker}   messages a worker has claimed and not yet answered
@@ -26,6 +28,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from protocol.errors import SettingsError
 
@@ -49,9 +53,11 @@ def is_model_name(value: str) -> bool:
 
 @dataclass(frozen=True)
 class Keys:
-    """Key builder for one namespace."""
+    """Key builder for one namespace. ``spread_shards`` (a Redis Cluster's shard count; 0
+    otherwise) spreads each version's shards over the slot space."""
 
     namespace: str = "queuenet"
+    spread_shards: int = 0
 
     def versions(self) -> str:
         return f"{self.namespace}:{{catalog}}:versions"
@@ -63,7 +69,8 @@ class Keys:
         return f"{self.namespace}:{{catalog}}:default-model"
 
     def version(self, model: str, version: str, shard: int = 0) -> VersionKeys:
-        return VersionKeys(self.namespace, model, version, shard)
+        salt = spread_salt(model, version, shard, self.spread_shards) if self.spread_shards else ""
+        return VersionKeys(self.namespace, model, version, shard, salt)
 
     def pattern(self) -> str:
         """Glob that matches every key of the namespace (for inspection and clean-up)."""
@@ -78,11 +85,13 @@ class VersionKeys:
     model: str
     version: str
     shard: int = 0
+    salt: str = ""
+    """Redis Cluster only: the tag's suffix that places this shard's slot (see spread_salt)."""
 
     @property
     def tag(self) -> str:
-        """The Redis Cluster hash tag every key of this version carries."""
-        return f"{{{self.model}@{self.version}#{self.shard}}}"
+        """The Redis Cluster hash tag every key of this shard carries."""
+        return f"{{{_tag_body(self.model, self.version, self.shard, self.salt)}}}"
 
     @property
     def _prefix(self) -> str:
@@ -118,3 +127,22 @@ class VersionKeys:
     def pattern(self) -> str:
         """Glob that matches every key of this version (shard)."""
         return f"{self._prefix}:*"  # braces are not special in Redis glob patterns
+
+
+def _tag_body(model: str, version: str, shard: int, salt: str) -> str:
+    return f"{model}@{version}#{shard}" + (f"~{salt}" if salt else "")
+
+
+def spread_salt(model: str, version: str, shard: int, shards: int) -> str:
+    """The smallest suffix (``""``, ``"1"``, ``"2"``, ...) that puts the slot of shard ``shard``
+    of ``shards`` into the ``shard``-th ``shards``-th of the slot space. Deterministic, so every
+    process finds the same keys without asking the cluster."""
+    low = shard * REDIS_CLUSTER_HASH_SLOTS // shards
+    high = (shard + 1) * REDIS_CLUSTER_HASH_SLOTS // shards
+    n = 0
+    while True:
+        salt = str(n) if n else ""
+        slot = key_slot(_tag_body(model, version, shard, salt).encode())
+        if low <= slot < high:
+            return salt
+        n += 1

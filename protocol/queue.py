@@ -87,6 +87,9 @@ class Queue:
         self.client = client
         self.keys = keys
         self._answer = client.register_script(_ANSWER)
+        self.observed: tuple[float, int] | None = None
+        """(monotonic time, length) of the queue as the last push saw it: free, as RPUSH
+        answers the new length; a sharded queue chooses shards by it."""
 
     # --- web side ----------------------------------------------------------------------------
 
@@ -99,7 +102,9 @@ class Queue:
         was taken back goes in again, so a multi-image request is queued whole or not at
         all. The queue may pass ``max_queue`` by what concurrent pushes add at that moment.
         """
-        if int(self.client.rpush(self.keys.queue(), *messages)) <= max_queue:
+        length = int(self.client.rpush(self.keys.queue(), *messages))
+        self.observed = (time.monotonic(), length)
+        if length <= max_queue:
             return True
         removed = self._take_back(messages)
         if all(removed):

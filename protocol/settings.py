@@ -14,7 +14,6 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 from protocol.errors import SettingsError
 
@@ -181,10 +180,12 @@ def _check_range(variable: str, value: float, minimum: float, maximum: float | N
 
 
 def _redis_url(variable: str, raw: str) -> str:
-    if urlsplit(raw).scheme not in ("redis", "rediss", "unix"):
-        raise SettingsError(
-            f"{variable}={_redact(raw)!r} must start with redis://, rediss:// or unix://"
-        )
+    from protocol.topology import TopologyError, parse
+
+    try:
+        parse(raw)
+    except TopologyError as exc:
+        raise SettingsError(f"{variable}={_redact(raw)!r}: {exc}") from None
     return raw
 
 
@@ -200,10 +201,22 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 REDIS_URL = declare(
     "REDIS_URL",
     DEFAULT_REDIS_URL,
-    "DSN: `redis://[:password@]host:port/db`, `rediss://` (TLS), `unix:///path`",
+    "DSN: `redis://[:password@]host:port/db`, `rediss://` (TLS), `unix:///path`; several, "
+    "comma-separated (independent shards); `redis+sentinel://[:password@]host:port[,...]/"
+    "SERVICE` (Sentinel); `redis+cluster://[:password@]host:port[,...]` (Redis Cluster); "
+    "`rediss+` for TLS",
     tier="all",
     parse=_redis_url,
     shown_default="`redis://127.0.0.1:6379/0` (`serve`: a private Redis)",
+)
+SHARDS = declare(
+    "SHARDS",
+    0,
+    "queue shards per model version, each under its own hash tag; 0: one per server in "
+    "`QUEUENET_REDIS_URL` (1 for Sentinel, 3 for Redis Cluster). Every process of a "
+    "deployment must use the same number",
+    tier="all",
+    parse=whole(0, 1024),
 )
 NAMESPACE = declare(
     "NAMESPACE",
@@ -248,6 +261,8 @@ class RedisSettings:
 
     url: str = setting_field(REDIS_URL)
     namespace: str = setting_field(NAMESPACE)
+    shards: int = setting_field(SHARDS)
+    """0: as many as the URL names servers (see :mod:`protocol.backend`)."""
     connect_timeout_s: float = setting_field(REDIS_CONNECT_TIMEOUT_S)
     socket_timeout_s: float = setting_field(REDIS_SOCKET_TIMEOUT_S)
 
@@ -257,7 +272,7 @@ class RedisSettings:
 
     def redacted_url(self) -> str:
         """The URL with any password replaced, for logs."""
-        return _redact(self.url)
+        return ",".join(_redact(part) for part in self.url.split(","))
 
 
 def nested(cls: type[Any]) -> Any:
@@ -266,13 +281,10 @@ def nested(cls: type[Any]) -> Any:
 
 
 def _redact(url: str) -> str:
-    """The URL with the password (in the userinfo or a ``password=`` query) masked."""
-    parts = urlsplit(url)
-    if parts.password is not None:
-        parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1))
-    if "password=" in parts.query:
-        parts = parts._replace(query=re.sub(r"(^|&)password=[^&]*", r"\1password=***", parts.query))
-    return parts.geturl()
+    """The URL with the password (in the userinfo, a ``password=`` or a
+    ``sentinel_password=`` query) masked; works on multi-host URLs too."""
+    masked = re.sub(r"^([a-z+]+://[^:/@]*):[^@/]*@", r"\1:***@", url.strip())
+    return re.sub(r"([?&](?:sentinel_)?password=)[^&]*", r"\1***", masked)
 
 
 def markdown_table(settings: list[Setting]) -> str:

@@ -7,13 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import redis
-
-from protocol.keys import Keys, VersionKeys
+from protocol.backend import Backend
+from protocol.keys import Keys
 from protocol.messages import ModelCard
-from protocol.queue import Queue
-from protocol.routing import Catalog, ModelDirectory, Route
-from protocol.workers import WorkerRegistry
+from protocol.routing import Catalog, Route
+from protocol.shards import ShardedQueue, ShardedRegistry, ShardHealth, directory_for
 
 
 @dataclass(frozen=True)
@@ -23,7 +21,10 @@ class VersionStatus:
     card: ModelCard | None
     live_workers: tuple[str, ...]
     queued: int
+    """Requests waiting, in every shard that answers."""
     dead_letters: int
+    shard_queued: tuple[int | None, ...] = ()
+    """Requests waiting per shard (None: the shard does not answer)."""
 
     @property
     def ready(self) -> bool:
@@ -39,6 +40,10 @@ class VersionStatus:
             "input_size": None if card is None else card.input_size,
             "labels": None if card is None else card.num_labels,
             "queued": self.queued,
+            "shards": [
+                {"shard": i, "queued": n, "up": n is not None}
+                for i, n in enumerate(self.shard_queued)
+            ],
             "dead_letters": self.dead_letters,
             "card": None if card is None else card.fingerprint,
             "recipe": None if card is None else card.recipe(),
@@ -63,26 +68,32 @@ class ModelStatus:
         }
 
 
-def version_status(client: redis.Redis, keys: VersionKeys) -> VersionStatus:
-    registry = WorkerRegistry(client, keys)
+def version_status(
+    backend: Backend, keys: Keys, model: str, version: str, health: ShardHealth | None = None
+) -> VersionStatus:
+    health = health or ShardHealth(backend.shards)
+    registry = ShardedRegistry(backend, keys, model, version, health)
+    depths = ShardedQueue(backend, keys, model, version, health=health).depths()
     return VersionStatus(
-        model=keys.model,
-        version=keys.version,
+        model=model,
+        version=version,
         card=registry.card(),
         live_workers=tuple(registry.live_workers()),
-        queued=Queue(client, keys).depth(),
+        queued=sum(d for d in depths if d is not None),
         dead_letters=registry.dead_letters(),
+        shard_queued=tuple(depths),
     )
 
 
-def catalog_status(client: redis.Redis, keys: Keys) -> tuple[Catalog, list[ModelStatus]]:
+def catalog_status(backend: Backend, keys: Keys) -> tuple[Catalog, list[ModelStatus]]:
     """The catalog and the status of every version of every model."""
-    catalog = ModelDirectory(client, keys).catalog()
+    catalog = directory_for(backend, keys).catalog()
+    health = ShardHealth(backend.shards)
     models = [
         ModelStatus(
             name=name,
             route=catalog.routes.get(name),
-            versions=tuple(version_status(client, keys.version(name, v)) for v in versions),
+            versions=tuple(version_status(backend, keys, name, v, health) for v in versions),
         )
         for name, versions in catalog.versions.items()
     ]

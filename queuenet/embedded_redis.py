@@ -45,10 +45,14 @@ def find_redis_server() -> str:
 class EmbeddedRedis:
     """One ``redis-server`` child process that lives as long as this object is started."""
 
-    def __init__(self, directory: Path, *, port: int | None = None, password: str = "") -> None:
+    def __init__(
+        self, directory: Path, *, port: int | None = None, password: str = "", binary: str = ""
+    ) -> None:
         self.directory = directory
         self.port = port
         self.password = password
+        self.binary = binary
+        """A redis-server to run instead of :func:`find_redis_server`'s."""
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -61,7 +65,7 @@ class EmbeddedRedis:
 
     def command(self) -> list[str]:
         args = [
-            find_redis_server(),
+            self.binary or find_redis_server(),
             "--save",
             "",
             "--appendonly",

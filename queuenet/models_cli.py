@@ -16,11 +16,12 @@ from collections.abc import Sequence
 
 import redis
 
-from protocol.connection import connect
+from protocol.backend import Backend, connect_backend
 from protocol.errors import SettingsError
 from protocol.keys import Keys, model_name
-from protocol.routing import ModelDirectory, Route, RoutingError
+from protocol.routing import Route, RoutingError
 from protocol.settings import RedisSettings
+from protocol.shards import directory_for
 from protocol.status import ModelStatus, catalog_status
 
 
@@ -31,9 +32,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         sys.stderr.write(f"queuenet models: {exc}\n")
         return 2
-    client = connect(settings)
+    backend = connect_backend(settings)
     try:
-        sys.stdout.write(_act(args, client, Keys(settings.namespace)))
+        sys.stdout.write(_act(args, backend, backend.keys(settings.namespace)))
     except RoutingError as exc:
         sys.stderr.write(f"queuenet models {args.action}: {exc}\n")
         return 1
@@ -41,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"queuenet models: Redis at {settings.redacted_url()} failed: {exc}\n")
         return 1
     finally:
-        client.close()
+        backend.close()
     return 0
 
 
@@ -62,11 +63,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _act(args: argparse.Namespace, client: redis.Redis, keys: Keys) -> str:
+def _act(args: argparse.Namespace, backend: Backend, keys: Keys) -> str:
     """Do what ``args`` ask; the text to print."""
-    directory = ModelDirectory(client, keys)
+    directory = directory_for(backend, keys)
     if args.action == "list":
-        catalog, models = catalog_status(client, keys)
+        catalog, models = catalog_status(backend, keys)
         if args.json:
             body = {"default": catalog.default, "models": [m.to_json() for m in models]}
             return json.dumps(body, indent=2) + "\n"

@@ -39,11 +39,9 @@ from typing import Any
 import redis
 
 from app.settings import AppSettings
-from protocol.connection import connect
-from protocol.keys import Keys, VersionKeys
-from protocol.routing import ModelDirectory
+from protocol.backend import Backend, connect_backend
 from protocol.settings import from_env
-from protocol.workers import WorkerRegistry
+from protocol.shards import ShardedRegistry, ShardHealth, directory_for
 from queuenet.embedded_redis import EmbeddedRedis, EmbeddedRedisError
 from queuenet.processes import child_preexec
 from queuenet.restart_policy import GiveUp, RestartPolicy
@@ -127,7 +125,7 @@ class Supervisor:
         self.redis: EmbeddedRedis | None = None
         self.listener: socket.socket | None = None
         self._stop = threading.Event()
-        self._client: redis.Redis | None = None
+        self._backend: Backend | None = None
         self._restarts: Any = None
 
     # --- the whole run ---------------------------------------------------------------------
@@ -173,11 +171,18 @@ class Supervisor:
         self.env["QUEUENET_REDIS_URL"] = server.url
         self.settings = replace(self.settings, redis=replace(self.settings.redis, url=server.url))
 
+    def _registry(self, model: str, version: str) -> ShardedRegistry:
+        assert self._backend is not None
+        keys = self._backend.keys(self.settings.redis.namespace)
+        return ShardedRegistry(
+            self._backend, keys, model, version, ShardHealth(self._backend.shards)
+        )
+
     def _start_children(self) -> None:
-        self._client = connect(self.settings.redis)
-        keys = Keys(self.settings.redis.namespace)
+        self._backend = connect_backend(self.settings.redis)
+        keys = self._backend.keys(self.settings.redis.namespace)
         try:  # the first model serves POST /predict
-            ModelDirectory(self._client, keys).set_default(self.models[0].name, known=False)
+            directory_for(self._backend, keys).set_default(self.models[0].name, known=False)
         except redis.RedisError as exc:
             logger.warning("could not set the default model yet: %s", exc)
         metrics_port = from_env(WorkerSettings, self.env).metrics_port
@@ -192,7 +197,6 @@ class Supervisor:
                 env[MODEL_VERSION.variable] = model.version
                 if metrics_port:  # one port per worker on this machine
                     env[METRICS_PORT.variable] = str(metrics_port + index - 1)
-                version = keys.version(model.name, model.version)
                 self._add(
                     Child(
                         f"worker-{index}",
@@ -202,7 +206,7 @@ class Supervisor:
                             WORKER_CONFIG_ERROR: "a setting, the Redis credentials or the model "
                             "is wrong (see its log above)"
                         },
-                        after_exit=self._requeue_of(version, env[WORKER_NAME.variable]),
+                        after_exit=self._requeue_of(model, env[WORKER_NAME.variable]),
                     )
                 )
         assert self.listener is not None
@@ -237,12 +241,13 @@ class Supervisor:
 
         return start
 
-    def _requeue_of(self, keys: VersionKeys, worker_name: str) -> Callable[[], None]:
+    def _requeue_of(self, model: ServedModel, worker_name: str) -> Callable[[], None]:
         def requeue() -> None:
-            if self._client is None:
+            if self._backend is None:
                 return
             try:
-                moved = WorkerRegistry(self._client, keys).requeue(worker_name, force=True)
+                registry = self._registry(model.name, model.version)
+                moved = registry.requeue(worker_name, force=True)
             except redis.RedisError as exc:  # its restart takes them back instead
                 logger.warning("could not requeue the items of %s now: %s", worker_name, exc)
                 return
@@ -308,14 +313,10 @@ class Supervisor:
 
     def _is_ready(self) -> bool:
         """A model card in Redis for every model served, and a 200 from /healthz."""
-        if self._client is None:
+        if self._backend is None:
             return False
-        keys = Keys(self.settings.redis.namespace)
         try:
-            cards = [
-                WorkerRegistry(self._client, keys.version(m.name, m.version)).card()
-                for m in self.models
-            ]
+            cards = [self._registry(m.name, m.version).card() for m in self.models]
         except redis.RedisError:
             return False
         if any(card is None for card in cards):

@@ -16,12 +16,14 @@ import redis
 
 from app import create_app
 from app.settings import AppSettings
+from protocol.backend import connect_backend
 from protocol.inspection import Inspector
 from protocol.keys import Keys, VersionKeys
 from protocol.messages import ModelCard
 from protocol.queue import Queue
 from protocol.routing import ModelDirectory
 from protocol.settings import RedisSettings
+from protocol.shards import ShardedQueue, ShardedRegistry, ShardHealth, directory_for
 from protocol.workers import WorkerRegistry
 from queuenet.embedded_redis import EmbeddedRedis
 from tests.helpers import free_port, wait_until
@@ -195,23 +197,29 @@ def worker_settings(redis_settings: RedisSettings) -> WorkerSettings:
     )
 
 
+def worker_for(model: LoadedModel, settings: WorkerSettings) -> Worker:
+    """A worker of ``model`` on the Redis (and shards) of ``settings``, as worker/__main__
+    builds one."""
+    backend = connect_backend(settings.redis, blocking_timeout_s=settings.block_timeout_s + 1)
+    keys = backend.keys(settings.redis.namespace)
+    health = ShardHealth(backend.shards)
+    name, version = model.card.name, model.card.version
+    return Worker(
+        ShardedQueue(backend, keys, name, version, health=health),
+        ShardedRegistry(backend, keys, name, version, health),
+        directory_for(backend, keys),
+        model,
+        settings,
+    )
+
+
 @pytest.fixture
 def make_worker(
     redis_settings: RedisSettings, tiny_model: LoadedModel, worker_settings: WorkerSettings
 ) -> Callable[..., Worker]:
     def factory(model: LoadedModel | None = None, **overrides: object) -> Worker:
         settings = dataclasses.replace(worker_settings, **overrides)  # type: ignore[arg-type]
-        model = model or tiny_model
-        client = redis.Redis.from_url(redis_settings.url)
-        keys = Keys(redis_settings.namespace)
-        version = keys.version(model.card.name, model.card.version)
-        return Worker(
-            Queue(client, version),
-            WorkerRegistry(client, version),
-            ModelDirectory(client, keys),
-            model,
-            settings,
-        )
+        return worker_for(model or tiny_model, settings)
 
     return factory
 
@@ -241,7 +249,7 @@ def app(app_settings: AppSettings):
     application = create_app(app_settings)
     application.config["TESTING"] = True
     yield application
-    application.extensions["redis"].close()
+    application.extensions["queuenet.backend"].close()
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import signal
 import subprocess
 import time
@@ -10,13 +11,14 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import redis
 import requests
 
+from protocol.backend import Backend, connect_backend
 from protocol.inspection import Inspector
 from protocol.keys import Keys
 from protocol.queue import Queue
-from protocol.workers import WorkerRegistry
+from protocol.settings import RedisSettings
+from protocol.shards import ShardedRegistry, ShardHealth
 from queuenet.embedded_redis import EmbeddedRedis
 from tests.helpers import free_port, python_env, spawn, stop, wait_until
 from worker.settings import WorkerSettings
@@ -54,23 +56,29 @@ class LiveService:
         self._count += 1
         return self.workdir / f"{self._count:02d}-{name}.log"
 
-    @property
-    def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.redis_url)
+    @functools.cached_property
+    def backend(self) -> Backend:
+        """Clients for the service's Redis servers, as its processes make them."""
+        return connect_backend(RedisSettings(url=self.redis_url, namespace=self.namespace))
 
     @property
     def keys(self) -> Keys:
-        return Keys(self.namespace)
+        return self.backend.keys(self.namespace)
 
-    def registry(self, model: str = "tiny", version: str = "1") -> WorkerRegistry:
-        """The worker registry of a model version (the tiny model's by default)."""
-        return WorkerRegistry(self.client, self.keys.version(model, version))
+    def keys_for_cluster(self) -> Keys:
+        return self.keys
+
+    def registry(self, model: str = "tiny", version: str = "1") -> ShardedRegistry:
+        """The worker registry of a model version (the tiny model's by default), every shard."""
+        health = ShardHealth(self.backend.shards)
+        return ShardedRegistry(self.backend, self.keys, model, version, health)
 
     def queue(self, model: str = "tiny", version: str = "1") -> Queue:
-        return Queue(self.client, self.keys.version(model, version))
+        """Shard 0 of a model version's queue (the only one, unless the test shards)."""
+        return Queue(self.backend.for_shard(0), self.keys.version(model, version))
 
     def inspector(self) -> Inspector:
-        return Inspector(self.client, self.keys)
+        return Inspector(self.backend.servers, self.keys)
 
     def start_worker(
         self,
@@ -128,7 +136,7 @@ class LiveService:
             for p in sorted(self.workdir.glob("*.log"))
         )
 
-    def registry_of(self, worker: subprocess.Popen[bytes]) -> WorkerRegistry:
+    def registry_of(self, worker: subprocess.Popen[bytes]) -> ShardedRegistry:
         """The registry of the model version ``worker`` serves."""
         return self.registry(*worker.served)  # type: ignore[attr-defined]
 
@@ -147,6 +155,8 @@ class LiveService:
             stop(process)
         for process in self.workers:
             stop(process)
+        if "backend" in self.__dict__:
+            self.backend.close()
 
 
 class RestartableRedis:

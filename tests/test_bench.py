@@ -189,6 +189,26 @@ def test_profile_bench_shows_where_a_request_spends_its_time(
     assert 0.5 * client_ms < bare_ms < client_ms, out.stdout
 
 
+def test_redis_capacity_bench_measures_one_and_three_shards() -> None:
+    out = run_module(
+        "bench.redis_capacity", "--duration-s", "2", "--rounds", "1", "--clients", "8",
+        timeout_s=180,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = {
+        int(cells[1]): [float(c) for c in cells[2:6]]
+        for line in out.stdout.splitlines()
+        if line.startswith("| 1 |") or line.startswith("| 3 |")
+        for cells in [line.split("|")]
+    }
+    assert set(rows) == {1, 3}, out.stdout
+    for achieved, total_us, busiest_us, sustainable in rows.values():
+        assert achieved > 0 and total_us >= busiest_us > 0 and sustainable > 0
+    # Three servers share the work: each carries well under what a single one carries.
+    assert rows[3][2] < 0.8 * rows[1][2], out.stdout
+    assert "Redis server v=7" in out.stdout  # Debian's redis-server 7 (.ci/run installs it)
+
+
 def test_protocols_bench_compares_each_protocol_with_predict_in_one_run(
     live: LiveService,
 ) -> None:

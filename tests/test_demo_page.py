@@ -99,7 +99,7 @@ def test_page_and_assets_need_no_key_but_the_api_does(redis_settings: RedisSetti
             assert response.status_code in (404, 405), path
         assert client.get("/static/%2e%2e/app/auth.py").status_code == 404
     finally:
-        application.extensions["redis"].close()
+        application.extensions["queuenet.backend"].close()
 
 
 # --- A real browser ------------------------------------------------------------------------

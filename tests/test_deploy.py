@@ -30,7 +30,6 @@ from app.settings import AppSettings
 from protocol.keys import Keys
 from protocol.settings import Setting, declared
 from tests.helpers import ROOT
-from worker.__main__ import version_keys
 from worker.settings import WorkerSettings
 
 K8S_DIR = ROOT / "deploy" / "k8s"
@@ -544,7 +543,12 @@ def test_keda_scales_each_worker_deployment_on_its_own_queue(deployment: Obj) ->
     )
     assert metadata["listName"] == queue
     settings = worker_settings(deployment)
-    assert metadata["listName"] == version_keys(settings).queue()
+    assert (
+        metadata["listName"]
+        == Keys(settings.redis.namespace)
+        .version(settings.model_name, settings.model_version)
+        .queue()
+    )
     # About one batch waiting per worker.
     assert metadata["listLength"] == str(settings.batch_size)
     # Resolved from KEDA's own namespace: the Service's name must be namespace-qualified.

@@ -94,7 +94,8 @@ def test_kill_9_a_worker_mid_batch_loses_nothing(
     photo = (data_dir / "chelsea.png").read_bytes()
     with ThreadPoolExecutor(max_workers=1) as pool:
         future = pool.submit(post_many, url, 120, photo)
-        held = live.wait_until_holding(victim)
+        # Frozen while it holds a batch, then killed: it dies with those items in hand.
+        held = len(freeze_while_holding(live, victim))
         live.kill(victim)
         responses = future.result(timeout=120)
     statuses = [r.status_code for r in responses]

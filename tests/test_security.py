@@ -29,11 +29,9 @@ from protocol.connection import connect
 from protocol.errors import SettingsError
 from protocol.inspection import Inspector
 from protocol.keys import Keys
-from protocol.queue import Queue
-from protocol.routing import ModelDirectory
 from protocol.settings import RedisSettings
-from protocol.workers import WorkerRegistry
 from queuenet.embedded_redis import find_redis_server
+from tests.conftest import worker_for
 from tests.helpers import ROOT, free_port, wait_until
 from tests.live import LiveService, RestartableRedis
 from worker.loop import Worker
@@ -125,7 +123,7 @@ def test_parse_api_keys_accepts_generated_keys() -> None:
 def keyed_client(redis_settings: RedisSettings) -> Iterator[FlaskClient]:
     application = create_app(AppSettings(redis=redis_settings, api_keys=(KEY_A, KEY_B)))
     yield application.test_client()
-    application.extensions["redis"].close()
+    application.extensions["queuenet.backend"].close()
 
 
 @pytest.mark.parametrize(
@@ -209,7 +207,7 @@ def test_every_configured_key_is_compared(
         calls.clear()
         client.get("/nope", headers=key_headers(key, "bearer"))
         assert len(calls) == len(keys)
-    application.extensions["redis"].close()
+    application.extensions["queuenet.backend"].close()
 
 
 def test_without_keys_there_is_no_auth(client: FlaskClient) -> None:
@@ -279,22 +277,14 @@ def password_worker(
         model_name=tiny_model.card.name,
         model_version=tiny_model.card.version,
     )
-    client = redis.Redis.from_url(password_redis)
-    keys = Keys(namespace)
-    version = keys.version(tiny_model.card.name, tiny_model.card.version)
-    worker = Worker(
-        Queue(client, version),
-        WorkerRegistry(client, version),
-        ModelDirectory(client, keys),
-        tiny_model,
-        settings,
-    )
+    worker = worker_for(tiny_model, settings)
     thread = threading.Thread(target=worker.run, daemon=True)
     yield worker, thread
     worker.request_stop()
     if thread.is_alive():
         thread.join(timeout=10)
-    Inspector(client, keys).delete_all()
+    client = redis.Redis.from_url(password_redis)
+    Inspector(client, Keys(namespace)).delete_all()
     client.close()
 
 
@@ -314,14 +304,14 @@ def post_and_ready(url: str, namespace: str) -> tuple[int, dict[str, Any], dict[
         assert PASSWORD not in ready.get_data(as_text=True)
         return response.status_code, response.get_json(), ready.get_json()
     finally:
-        app.extensions["redis"].close()
+        app.extensions["queuenet.backend"].close()
 
 
 def test_password_in_url_works_and_a_wrong_one_is_503_without_leaking(
     password_redis: str, password_worker: tuple[Worker, threading.Thread]
 ) -> None:
     worker, thread = password_worker
-    namespace = worker.queue.keys.namespace
+    namespace = worker.settings.redis.namespace
     # Before any worker: 503 model_unavailable, which only an answering Redis gives (no card).
     status, body, ready = post_and_ready(password_redis, namespace)
     assert (status, body["error"]["code"]) == (503, "model_unavailable"), body

@@ -18,13 +18,10 @@ import time
 from collections.abc import Sequence
 from types import FrameType
 
-from protocol.connection import connect
+from protocol.backend import connect_backend
 from protocol.errors import SettingsError
-from protocol.keys import Keys, VersionKeys
 from protocol.logconfig import configure_logging
-from protocol.queue import Queue
-from protocol.routing import ModelDirectory
-from protocol.workers import WorkerRegistry
+from protocol.shards import ShardedQueue, ShardedRegistry, ShardHealth, directory_for
 from worker.settings import MODEL, MODEL_NAME, MODEL_VERSION, WorkerSettings, host_prefix
 
 logger = logging.getLogger("worker")
@@ -69,15 +66,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def version_keys(settings: WorkerSettings) -> VersionKeys:
-    return Keys(settings.redis.namespace).version(settings.model_name, settings.model_version)
-
-
 def check(settings: WorkerSettings) -> int:
     """0 when the named worker (``QUEUENET_WORKER_NAME``) or, without a name, any worker on
     this host serving the configured model version has a fresh heartbeat; 1 otherwise."""
-    registry = WorkerRegistry(connect(settings.redis), version_keys(settings))
     try:
+        backend = connect_backend(settings.redis)
+        keys = backend.keys(settings.redis.namespace)
+        health = ShardHealth(backend.shards)
+        registry = ShardedRegistry(
+            backend, keys, settings.model_name, settings.model_version, health
+        )
         live = registry.live_workers()
     except Exception as exc:  # any failure to look means "not healthy"
         logger.error("health check failed: %s", exc)
@@ -119,14 +117,23 @@ def serve(settings: WorkerSettings) -> int:
         settings.redis.namespace,
     )
     serve_metrics(settings.metrics_port)
-    client = connect(settings.redis, blocking_timeout_s=settings.block_timeout_s + 1)
-    keys = version_keys(settings)
+    backend = connect_backend(settings.redis, blocking_timeout_s=settings.block_timeout_s + 1)
+    keys = backend.keys(settings.redis.namespace)
+    health = ShardHealth(backend.shards)
+    name, version = settings.model_name, settings.model_version
     worker = Worker(
-        Queue(client, keys),
-        WorkerRegistry(client, keys),
-        ModelDirectory(client, Keys(settings.redis.namespace)),
+        ShardedQueue(backend, keys, name, version, health=health),
+        ShardedRegistry(backend, keys, name, version, health),
+        directory_for(backend, keys),
         model,
         settings,
+    )
+    logger.info(
+        "serving %s version %s from %d queue shard(s) on %s",
+        name,
+        version,
+        backend.shards,
+        settings.redis.redacted_url(),
     )
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

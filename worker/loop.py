@@ -15,9 +15,9 @@ from collections.abc import Callable, Sequence
 
 import redis
 
-from protocol.queue import Answer, Queue
+from protocol.queue import Answer
 from protocol.routing import ModelDirectory
-from protocol.workers import WorkerRegistry
+from protocol.shards import SHARD_ERRORS, Claimed, ShardedQueue, ShardedRegistry
 from worker import metrics
 from worker.batching import Item, stack
 from worker.plan import Context, Plan, after_failure, after_prediction, plan_batch
@@ -40,8 +40,8 @@ class Worker:
 
     def __init__(
         self,
-        queue: Queue,
-        registry: WorkerRegistry,
+        queue: ShardedQueue,
+        registry: ShardedRegistry,
         directory: ModelDirectory,
         model: LoadedModel,
         settings: WorkerSettings,
@@ -63,7 +63,9 @@ class Worker:
         self._started = False
         self.batches_done = 0
         self._last_batch_size = 0
-        self._own_items_unsure = False
+        self._unsure_shards: set[int] = set()
+        """Shards where what we hold may not be what we think (a failed or refused answer, an
+        outage): before the next claim, our processing list there goes back to the queue."""
         self._drain_until = 0.0
         self._quiet_since = 0.0
         self.fatal_error = ""
@@ -87,7 +89,8 @@ class Worker:
                 break
             try:
                 self._start_once()
-                if self._own_items_unsure:
+                self._unsure_shards |= self.queue.health.take_recovered()
+                if self._unsure_shards:
                     self._take_back_own()
                 self.heartbeat()
                 claimed = self.dequeue_batch()
@@ -110,13 +113,13 @@ class Worker:
                 self._wait_out_outage(exc)
             except Exception:  # the loop must survive anything one batch throws
                 logger.exception("worker %s: unexpected error; continuing", self.name)
-                self._own_items_unsure = True
+                self._unsure_shards = set(range(self.queue.shards))
                 self._stop.wait(BACKOFF_INITIAL_S)
         self.shutdown()
 
     # --- the steps ---------------------------------------------------------------------------
 
-    def dequeue_batch(self) -> list[bytes]:
+    def dequeue_batch(self) -> list[Claimed]:
         items = self.queue.block_claim(
             self.name,
             self.settings.batch_size,
@@ -127,7 +130,7 @@ class Worker:
         self._last_batch_size = len(items)
         return items
 
-    def process(self, claimed: Sequence[bytes]) -> None:
+    def process(self, claimed: Sequence[Claimed]) -> None:
         """Answer every claimed item exactly once: claim -> plan -> predict -> write."""
         started = time.monotonic()
         ctx = Context(
@@ -138,7 +141,7 @@ class Worker:
             batch_id=uuid.uuid4().hex[:12],
             worker=self.name,
         )
-        plan = plan_batch(claimed, ctx)
+        plan = plan_batch([item.raw for item in claimed], ctx)
         self._observe_queue_wait(plan.predict, ctx.now)
         predicted = self.predict_batch(plan.predict, ctx)
         self.write_results(claimed, plan.answers + predicted.answers)
@@ -205,8 +208,8 @@ class Worker:
                     attempts,
                 )
 
-    def write_results(self, claimed: Sequence[bytes], answers: Sequence[Answer]) -> None:
-        acked = self.queue.answer(
+    def write_results(self, claimed: Sequence[Claimed], answers: Sequence[Answer]) -> None:
+        acked, unsure = self.queue.answer(
             self.name,
             claimed,
             answers,
@@ -215,10 +218,13 @@ class Worker:
         )
         if acked != len(claimed):
             logger.warning(
-                "the batch of %d item(s) was taken back while we worked (heartbeat expired); "
-                "its answers were not written, another worker answers them",
+                "%d of the batch's %d item(s) were not acknowledged (taken back while we worked, "
+                "or their shard failed); their answers were not written; what we still hold "
+                "there goes back to the queue",
+                len(claimed) - acked,
                 len(claimed),
             )
+            self._unsure_shards |= unsure
 
     def heartbeat(self) -> None:
         """Refresh our heartbeat and model card and take back the items of dead workers,
@@ -241,7 +247,10 @@ class Worker:
         self.registry.requeue_dead_workers(exclude=self.name)
         # Card and catalog entry may have been lost with a Redis restart; both are cheap.
         self.registry.publish_card(self.model.card)
-        self.directory.announce(self.model.card.name, self.model.card.version)
+        try:
+            self.directory.announce(self.model.card.name, self.model.card.version)
+        except SHARD_ERRORS as exc:  # the catalog's server is failing over: serve on, retry
+            logger.warning("worker %s: could not announce its version (%s)", self.name, exc)
         self._next_beat = now + self.settings.heartbeat_ttl_s / 3.0
 
     # --- start, stop, outages ----------------------------------------------------------------
@@ -321,11 +330,11 @@ class Worker:
                 )
 
     def _take_back_own(self) -> None:
-        """After a failure mid-batch, whatever is left in our processing list goes back."""
-        moved = self.registry.requeue(self.name, force=True)
+        """After a failure mid-batch, whatever is left in our processing lists goes back (on
+        the shards that answer; the others are tried again before the next claim)."""
+        moved, self._unsure_shards = self.registry.take_back(self.name, self._unsure_shards)
         if moved > 0:
             logger.warning("requeued %d item(s) of our own unfinished batch", moved)
-        self._own_items_unsure = False
 
     def _wait_out_outage(self, exc: Exception) -> None:
         logger.warning(
@@ -334,7 +343,8 @@ class Worker:
         self._stop.wait(self._backoff_s)
         self._backoff_s = min(self._backoff_s * 2, BACKOFF_MAX_S)
         self._next_beat = 0.0  # beat as soon as Redis is back
-        self._own_items_unsure = True  # a batch may have been claimed but not acknowledged
+        # A batch may have been claimed but not acknowledged.
+        self._unsure_shards = set(range(self.queue.shards))
 
     def shutdown(self) -> None:
         """Unregister if nothing is held; otherwise leave the items for recovery."""

@@ -19,6 +19,7 @@ from app.errors import APIError, InvalidImageError, InvalidRequestError
 from app.preprocess import ImageDecodeError, image_to_input
 from app.protocols.encodings import ContentEncodingError, DecodedTooLargeError, decode_body
 from app.queueing import PredictionService
+from app.redis_errors import redis_errors_as_503
 from app.routing import ModelRouter, Target
 from app.settings import AppSettings
 from app.uploads import too_large_message
@@ -70,9 +71,12 @@ def status(model: str, version: str | None) -> tuple[list[str], list[VersionStat
     if version is not None and version not in versions:
         router().resolve(model, version)  # likewise, for the version
     wanted = versions if version is None else [version]
-    client = current_app.extensions["redis"]
-    keys = router().keys
-    return versions, [version_status(client, keys.version(model, v)) for v in wanted]
+    found = router()
+    with redis_errors_as_503():
+        statuses = [
+            version_status(found.backend, found.keys, model, v, found.health) for v in wanted
+        ]
+    return versions, statuses
 
 
 def read_body() -> bytes:

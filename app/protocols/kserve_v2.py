@@ -19,7 +19,7 @@ from importlib.metadata import version as package_version
 from typing import Any
 
 import orjson
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, request
 
 from app.errors import InvalidRequestError
 from app.ops import readiness_checks
@@ -70,9 +70,7 @@ def ready() -> Response:
     """Readiness of the server: ``/readyz``'s checks (the default model's serving version has a
     model card, a live worker and room in its queue); 503 with the failed checks' reasons."""
     settings = inference.settings()
-    checks = readiness_checks(
-        inference.router(), current_app.extensions["redis"], settings.max_queue
-    )
+    checks = readiness_checks(inference.router(), settings.max_queue)
     failed = [f"{name}: {c['error']}" for name, c in checks.items() if not c["ok"]]
     if failed:
         return json_response({"ready": False, "error": "; ".join(failed)}, 503)
