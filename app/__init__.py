@@ -17,6 +17,9 @@ from app.auth import require_api_keys
 from app.errors import register_error_handlers
 from app.models_api import bp as models_bp
 from app.ops import bp as ops_bp
+from app.protocols import protocol_of
+from app.protocols.kserve_v2 import bp as kserve_v2_bp
+from app.protocols.tfserving import bp as tfserving_bp
 from app.queueing import PredictionService
 from app.routing import ModelRouter
 from app.settings import AppSettings
@@ -47,6 +50,8 @@ def create_app(settings: AppSettings | None = None) -> Flask:
     app.register_blueprint(bp)
     app.register_blueprint(models_bp)
     app.register_blueprint(ops_bp)
+    app.register_blueprint(kserve_v2_bp)  # /v2: the Open Inference Protocol
+    app.register_blueprint(tfserving_bp)  # /v1: TF Serving's REST API
     app.register_blueprint(demo.bp)  # GET /: the demo page (app/static/)
     register_error_handlers(app)
     app.before_request(_start_timer)
@@ -72,11 +77,12 @@ def _log_request(response: Response) -> Response:
         response.headers["X-Model-Version"] = version
     code = g.get("error_code", "ok")
     endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
-    metrics.observe(endpoint, response.status_code, code, elapsed_s, model, version)
+    protocol = protocol_of(request.path)
+    metrics.observe(endpoint, response.status_code, code, elapsed_s, model, version, protocol)
     shard = g.get("shard")
     logger.info(
         "request %s %s status=%d code=%s ms=%.1f model=%s version=%s shard=%s job_id=%s "
-        "batch_id=%s worker=%s",
+        "batch_id=%s worker=%s protocol=%s",
         request.method,
         request.path,
         response.status_code,
@@ -88,5 +94,6 @@ def _log_request(response: Response) -> Response:
         job_id or "-",
         g.get("batch_id", "") or "-",
         g.get("worker", "") or "-",
+        protocol,
     )
     return response

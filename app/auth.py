@@ -25,8 +25,12 @@ from protocol import error_codes as codes
 
 logger = logging.getLogger(__name__)
 
-EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/"})
-"""Paths answered without a key (whether or not the route exists); ``/`` is the demo page."""
+EXEMPT_PATHS = frozenset(
+    {"/healthz", "/readyz", "/metrics", "/", "/v2/health/live", "/v2/health/ready"}
+)
+"""Paths answered without a key (whether or not the route exists); ``/`` is the demo page.
+The Open Inference Protocol's liveness and readiness are ``/healthz`` and ``/readyz`` under
+the names KServe's and Triton's orchestration probes call (no credentials, no data)."""
 EXEMPT_PREFIXES = ("/static/",)
 """The demo page's stylesheet, script and icon: no data, so no key (the page asks for one)."""
 REALM = "queuenet"

@@ -1,16 +1,19 @@
-"""API errors and the handlers that turn every error into the same JSON body.
+"""API errors and the handlers that turn every error into JSON.
 
 ``{"success": false, "error": {"code": "...", "message": "..."}}`` with the matching status,
 for our own errors, for Werkzeug's routing errors (404, 405, 413) and for anything unexpected.
+Inside the URL space of a standard protocol (``/v2``, ``/v1``: ``app.protocols``) the same
+errors, with the same status and headers, take that protocol's shape: ``{"error": "..."}``.
 """
 
 from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, g, jsonify
+from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from app.protocols import QUEUENET, protocol_of
 from protocol import error_codes as codes
 
 logger = logging.getLogger(__name__)
@@ -76,8 +79,12 @@ class PredictionFailedError(APIError):
 
 
 def error_response(status: int, code: str, message: str) -> Response:
+    """The error in the shape of the protocol whose URL space the request is in."""
     g.error_code = code  # for the request log line and the metrics
-    response = jsonify({"success": False, "error": {"code": code, "message": message}})
+    if protocol_of(request.path) == QUEUENET:
+        response = jsonify({"success": False, "error": {"code": code, "message": message}})
+    else:  # the Open Inference Protocol and TF Serving: {"error": "<message>"}
+        response = jsonify({"error": message})
     response.status_code = status
     return response
 

@@ -18,6 +18,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from app.protocols import QUEUENET
 from protocol import error_codes as codes
 from protocol.backend import Backend
 from protocol.keys import Keys
@@ -29,12 +30,14 @@ logger = logging.getLogger(__name__)
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10)
 
 REQUESTS = Counter(
-    "queuenet_http_requests_total", "HTTP requests answered", ["endpoint", "status", "code"]
+    "queuenet_http_requests_total",
+    "HTTP requests answered, by the protocol they spoke (queuenet, kserve-v2, tfserving)",
+    ["endpoint", "status", "code", "protocol"],
 )
 PREDICT_LATENCY = Histogram(
     "queuenet_predict_duration_seconds",
     "End-to-end time of a prediction request: upload, decode, queue, inference, answer",
-    ["status", "model", "version"],
+    ["status", "model", "version", "protocol"],
     buckets=LATENCY_BUCKETS_S,
 )
 TIMEOUTS = Counter(
@@ -50,12 +53,19 @@ REJECTIONS = Counter(
 
 
 def observe(
-    endpoint: str, status: int, code: str, elapsed_s: float, model: str = "", version: str = ""
+    endpoint: str,
+    status: int,
+    code: str,
+    elapsed_s: float,
+    model: str = "",
+    version: str = "",
+    protocol: str = QUEUENET,
 ) -> None:
-    """Record one answered request (``model``/``version``: where a prediction went)."""
-    REQUESTS.labels(endpoint, str(status), code).inc()
+    """Record one answered request (``model``/``version``: where a prediction went;
+    ``protocol``: which API it spoke, ``app.protocols``)."""
+    REQUESTS.labels(endpoint, str(status), code, protocol).inc()
     if model:
-        PREDICT_LATENCY.labels(str(status), model, version).observe(elapsed_s)
+        PREDICT_LATENCY.labels(str(status), model, version, protocol).observe(elapsed_s)
     if code == codes.PREDICTION_TIMEOUT:
         TIMEOUTS.labels(model, version).inc()
     elif code in codes.REJECTIONS:

@@ -15,6 +15,8 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from app.auth import EXEMPT_PATHS
+from app.openapi_protocols import protocol_paths, protocol_responses, protocol_schemas
+from app.protocols import QUEUENET, protocol_of
 from app.settings import AppSettings
 
 OPENAPI_VERSION = "3.1.0"
@@ -40,11 +42,13 @@ def openapi_document(settings: AppSettings) -> dict[str, Any]:
             {"name": "models", "description": "The models and versions served, and their routes."},
             {"name": "operations", "description": "Health, readiness, metrics, this document."},
             {"name": "demo", "description": "The browser demo page."},
+            {"name": "kserve-v2", "description": "The Open Inference Protocol (KServe V2)."},
+            {"name": "tfserving", "description": "TF Serving's REST API."},
         ],
         "paths": _paths(settings),
         "components": {
-            "schemas": _schemas(settings),
-            "responses": _responses(),
+            "schemas": _schemas(settings) | protocol_schemas(settings),
+            "responses": _responses() | protocol_responses(),
             "headers": _headers(),
             "securitySchemes": _security_schemes(),
         },
@@ -121,12 +125,15 @@ def _paths(settings: AppSettings) -> dict[str, Any]:
         "/openapi.json": {"get": _openapi_json()},
         "/": {"get": _demo_page()},
     }
+    operations |= protocol_paths(settings, EXAMPLE_PNG_BASE64)
     for path, methods in operations.items():
         for operation in methods.values():
             if path in EXEMPT_PATHS:
                 operation["security"] = []
-            else:
+            elif protocol_of(path) == QUEUENET:
                 operation["responses"]["401"] = _ref_response("Unauthorized")
+            else:
+                operation["responses"]["401"] = _ref_response("ProtocolUnauthorized")
     return operations
 
 

@@ -96,7 +96,8 @@ API_KEYS = declare(
     "API_KEYS",
     (),
     "comma-separated API keys, each ≥ 16 visible ASCII characters; when set, every request "
-    "needs one except `/healthz`, `/readyz`, `/metrics` and the demo page (`/`, `/static/*`)",
+    "needs one except `/healthz`, `/readyz`, `/v2/health/live`, `/v2/health/ready`, `/metrics` "
+    "and the demo page (`/`, `/static/*`)",
     tier="web",
     parse=_api_keys,
     shown_default="– (no auth)",

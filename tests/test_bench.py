@@ -251,3 +251,25 @@ def test_redis_capacity_bench_measures_one_and_three_shards() -> None:
     # Three servers share the work: each carries well under what a single one carries.
     assert rows[3][2] < 0.8 * rows[1][2], out.stdout
     assert "Redis server v=7" in out.stdout  # Debian's redis-server 7 (.ci/run installs it)
+
+
+def test_protocols_bench_compares_each_protocol_with_predict_in_one_run(
+    live: LiveService,
+) -> None:
+    """Every protocol's request against /predict's, interleaved: all answered 200 with
+    /predict's top-1 (the bench checks each answer), figures for each, /predict the base."""
+    live.start_worker()
+    url = live.start_web()
+    out = run_module("bench.protocols", "--url", url, "--model", "tiny", "--rounds", "4", "--json")
+    assert out.returncode == 0, out.stderr[-3000:]
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    kinds = [f["kind"] for f in figures]
+    assert kinds[0].startswith("queuenet /predict") and len(kinds) == 6
+    assert any(k.startswith("kserve-v2 binary") for k in kinds)
+    assert any(k.startswith("tfserving :classify") for k in kinds)
+    assert figures[0]["ratio"] == 1.0 and figures[0]["over_predict_ms"] == 0.0
+    for f in figures:
+        assert f["p50_ms"] > 0 and f["ratio"] > 0 and f["request_bytes"] > 0, f
+        assert f["response_bytes"] > 0, f
+    text = run_module("bench.protocols", "--url", url, "--model", "tiny", "--rounds", "2")
+    assert text.returncode == 0 and "| x /predict |" in text.stdout, text.stderr[-3000:]

@@ -199,6 +199,71 @@ def test_data_url_without_a_comma_is_a_documented_400(
     assert response.status_code == 400, response.text
 
 
+def test_protocol_examples_are_answered_200(live_schema: schemathesis.BaseSchema) -> None:
+    """The Open Inference Protocol's and TF Serving's documented examples (the same red PNG)
+    get real answers, as documented."""
+
+    def example(path: str) -> Any:
+        media = live_schema[path]["POST"].definition.raw["requestBody"]["content"][
+            "application/json"
+        ]
+        (value,) = (e["value"] for e in media["examples"].values())
+        return value
+
+    for path in ("/v2/models/{model}/infer", "/v2/models/{model}/versions/{version}/infer"):
+        case = live_schema[path]["POST"].Case(
+            path_parameters={"model": "tiny", "version": "1"},
+            body=example(path),
+            media_type="application/json",
+        )
+        response = case.call_and_validate(checks=CHECKS, timeout=30)
+        assert response.status_code == 200, response.text
+        (output,) = response.json()["outputs"]
+        assert (output["datatype"], output["shape"]) == ("BYTES", [1, 2])
+        assert output["data"][0].endswith(":0:red") and response.json()["id"] == "example-1"
+    predict = live_schema["/v1/models/{model}:predict"]["POST"].Case(
+        path_parameters={"model": "tiny"},
+        body=example("/v1/models/{model}:predict"),
+        media_type="application/json",
+    )
+    response = predict.call_and_validate(checks=CHECKS, timeout=30)
+    assert response.status_code == 200, response.text
+    assert len(response.json()["predictions"][0]) == 4
+    classify = live_schema["/v1/models/{model}:classify"]["POST"].Case(
+        path_parameters={"model": "tiny"},
+        body=example("/v1/models/{model}:classify"),
+        media_type="application/json",
+    )
+    response = classify.call_and_validate(checks=CHECKS, timeout=30)
+    assert response.status_code == 200 and response.json()["result"][0][0][0] == "red"
+
+
+def test_binary_tensor_request_and_answer_match_the_document(
+    live_schema: schemathesis.BaseSchema,
+) -> None:
+    """Triton's binary tensor extension: a JSON header, then the image; the answer is binary
+    too (application/octet-stream with Inference-Header-Content-Length), as documented."""
+    image = png((240, 5, 5))
+    raw = len(image).to_bytes(4, "little") + image
+    header = (
+        '{"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], '
+        f'"parameters": {{"binary_data_size": {len(raw)}}}}}], '
+        '"parameters": {"binary_data_output": true}}'
+    ).encode()
+    case = live_schema["/v2/models/{model}/infer"]["POST"].Case(
+        path_parameters={"model": "tiny"},
+        body=header + raw,
+        headers={"Inference-Header-Content-Length": str(len(header))},
+        media_type="application/octet-stream",
+    )
+    response = case.call_and_validate(checks=CHECKS, timeout=30)
+    assert response.status_code == 200, response.text
+    headers = {k.lower(): v[0] if isinstance(v, list) else v for k, v in response.headers.items()}
+    assert headers["content-type"] == "application/octet-stream"
+    length = int(headers["inference-header-content-length"])
+    assert len(response.content) == length + 4 * 4  # FP32 [1, 4]
+
+
 # Loaded at import so schemathesis can make one test per operation: schemathesis 4.32's
 # fixture-based loader (`schemathesis.pytest.from_fixture`) fails on pytest 9.2 (it sets
 # `Node._nodeid`, which pytest 9.2 no longer has). The live service has the default settings,

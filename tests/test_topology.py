@@ -10,6 +10,7 @@ binary (CI installs Debian's).
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import shutil
@@ -307,3 +308,42 @@ def test_stopping_a_web_server_and_killing_a_worker_under_load_loses_nothing(
     assert any(len(tried) > 1 for _, tried in nginx.predict_lines()), text
     assert leftovers(live) == {"queued": 0, "processing": 0, "unread_results": 0}
     assert nginx.process is not None and nginx.process.poll() is None, nginx.errors()
+
+
+def test_standard_protocols_through_nginx_with_their_own_clients(
+    live: LiveService, nginx: Nginx, tmp_path: Path
+) -> None:
+    """tritonclient and the kserve SDK (tests/clients_venv.py) through nginx to both web
+    servers: every protocol answers as /predict does; nginx's own 413 takes each API's shape."""
+    from tests.clients_venv import DEMO, clients_python
+
+    python = clients_python()
+    start_topology(live, nginx)
+    images = []
+    for colour in ("red", "green", "blue"):
+        path = tmp_path / f"{colour}.png"
+        path.write_bytes(png(COLOURS[colour]))
+        images.append(str(path))
+    out = subprocess.run(
+        [str(python), str(DEMO), "--url", nginx.url, "--model", "tiny", "--json", *images],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr[-3000:] + nginx.errors()
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["predict_top1"] == [0, 1, 2]  # red, green, blue
+    assert report["tritonclient"]["top1"] == report["kserve"]["v1_top1"] == [0, 1, 2]
+    access = nginx.access_log.read_text(errors="replace")
+    for request in ("POST /v2/models/tiny/infer", "POST /v1/models/tiny:predict",
+                    "POST /v1/models/tiny:classify", "GET /v2/health/ready"):  # fmt: skip
+        assert re.search(rf'"{re.escape(request)} HTTP/[\d.]+" 200 ', access), request
+    # The load balancer spread the protocols' requests over both web servers.
+    logs = sorted(live.workdir.glob("*-web.log"))
+    per_web = [len(re.findall(r"protocol=kserve-v2", p.read_text(errors="replace"))) for p in logs]
+    assert len(per_web) == 2 and all(n > 0 for n in per_web), per_web
+    too_big = b"\0" * (17 * 1024 * 1024)
+    v2 = requests.post(f"{nginx.url}/v2/models/tiny/infer", data=too_big, timeout=30)
+    assert v2.status_code == 413 and set(v2.json()) == {"error"}, v2.text
+    v1 = requests.post(f"{nginx.url}/v1/models/tiny:predict", data=too_big, timeout=30)
+    assert v1.status_code == 413 and set(v1.json()) == {"error"}, v1.text
+    own = requests.post(f"{nginx.url}/predict", data=too_big, timeout=30)
+    assert own.status_code == 413 and own.json()["success"] is False
