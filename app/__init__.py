@@ -15,6 +15,7 @@ from flask import Flask, Response, g, request
 from app import demo, metrics
 from app.auth import require_api_keys
 from app.errors import register_error_handlers
+from app.memory import limit_malloc_arenas
 from app.models_api import bp as models_bp
 from app.ops import bp as ops_bp
 from app.protocols import protocol_of
@@ -33,6 +34,7 @@ logger = logging.getLogger(__name__)
 def create_app(settings: AppSettings | None = None) -> Flask:
     """Build the app; production reads the environment, tests pass ``settings`` in."""
     settings = settings or AppSettings.from_env(os.environ)
+    limit_malloc_arenas(settings.web_malloc_arenas)  # before gunicorn starts its threads
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     # A deadline of predict_timeout_s on the server-side BLPOP; the socket may wait that long.

@@ -92,6 +92,14 @@ WEB_THREADS = declare(
     tier="web",
     parse=whole(1, 256),
 )
+WEB_MALLOC_ARENAS = declare(
+    "WEB_MALLOC_ARENAS",
+    2,
+    "glibc malloc arenas per gunicorn process (0: glibc's default, 8 per core); more let "
+    "each thread keep the memory of the photos it decoded",
+    tier="web",
+    parse=whole(0, 1024),
+)
 API_KEYS = declare(
     "API_KEYS",
     (),
@@ -126,6 +134,8 @@ class AppSettings:
     web_threads: int = setting_field(WEB_THREADS)
     """Each in-flight request holds a thread while it waits for its result, so processes x
     threads bounds the requests in flight (and the batch sizes)."""
+    web_malloc_arenas: int = setting_field(WEB_MALLOC_ARENAS)
+    """Bounds the memory a process keeps after decoding large photos on many threads."""
     log_level: str = setting_field(LOG_LEVEL)
     log_format: str = setting_field(LOG_FORMAT)
     api_keys: tuple[str, ...] = field(default=(), repr=False, metadata={"setting": API_KEYS})

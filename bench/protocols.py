@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from bench.load import PHOTOS, multipart
+from bench.photos import PHOTOS, multipart
 
 TOP_K = 5
 """What /predict and :classify answer by default; classification asks the same."""

@@ -21,7 +21,7 @@ from werkzeug.formparser import FormDataParser
 from werkzeug.test import EnvironBuilder
 
 from app.multipart import SimpleForm, parse_simple_form
-from bench.load import PHOTOS, multipart
+from bench.photos import PHOTOS, multipart
 from tests.test_api import post_image, solid_png
 from worker.loop import Worker
 
