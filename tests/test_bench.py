@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -273,3 +274,29 @@ def test_protocols_bench_compares_each_protocol_with_predict_in_one_run(
         assert f["response_bytes"] > 0, f
     text = run_module("bench.protocols", "--url", url, "--model", "tiny", "--rounds", "2")
     assert text.returncode == 0 and "| x /predict |" in text.stdout, text.stderr[-3000:]
+
+
+def test_decode_bench_checks_identical_bytes_and_compares_with_the_reference_order() -> None:
+    out = run_module("bench.decode", "--rounds", "2", "--json")
+    assert out.returncode == 0, out.stderr[-3000:]
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    assert figures["photos"] == 12 and figures["grey_photos"] == 4
+    for subset in ("all", "grey"):
+        assert set(figures[subset]) == {"reference order", "served"}
+        assert all(ms > 0 for ms in figures[subset].values())
+
+
+def test_decode_bench_stops_when_a_variant_changes_pixels(monkeypatch: pytest.MonkeyPatch) -> None:
+    import bench.decode
+    from protocol.messages import ModelCard
+
+    def shifted(card: ModelCard) -> dict[str, Callable[[bytes], np.ndarray]]:
+        calls = original(card)
+        served = calls["served"]
+        calls["served"] = lambda data: served(data) // 2
+        return calls
+
+    original = bench.decode.variants
+    monkeypatch.setattr(bench.decode, "variants", shifted)
+    with pytest.raises(AssertionError, match="changes the pixels"):
+        bench.decode.measure(rounds=1)

@@ -161,3 +161,43 @@ def test_reduced_scale_jpeg_decoding_is_an_opt_in() -> None:
     drafted = image_to_input(data, CARD, max_pixels=LIMIT, jpeg_draft=True).astype(np.int16)
     exact = image_to_input(data, CARD, max_pixels=LIMIT).astype(np.int16)
     assert 0 < np.abs(drafted - exact).mean() < 2.0
+
+
+@pytest.mark.parametrize("resample", ["bicubic", "bilinear", "lanczos", "nearest"])
+@pytest.mark.parametrize("resize", ["center-crop", "stretch"])
+def test_grey_resized_before_it_becomes_rgb_gives_the_reference_bytes(
+    resample: str, resize: str
+) -> None:
+    """Greys are resized in one channel, then made RGB (a third of the work): byte for byte
+    what the reference order (RGB first, then crop and resize) gives, for every filter,
+    shrinking, enlarging and odd sizes."""
+    card = dataclasses.replace(CARD, resample=resample, resize=resize)
+    rng = np.random.default_rng(7)
+    for width, height in [(512, 512), (451, 300), (1411, 997), (37, 250), (100, 3), (224, 224)]:
+        grey = Image.fromarray(rng.integers(0, 256, (height, width), dtype=np.uint8), mode="L")
+        reference = prepare(grey.convert("RGB"), card)
+        assert np.array_equal(prepare(grey, card), reference), (width, height)
+        assert prepare(grey, card).shape == (224, 224, 3)
+
+
+def test_grey_uploads_take_the_one_channel_path() -> None:
+    """A grey PNG and a 16-bit grey PNG stay grey until resized, and come out as the RGB path
+    makes them."""
+    rng = np.random.default_rng(8)
+    grey = Image.fromarray(rng.integers(0, 256, (300, 400), dtype=np.uint8), mode="L")
+    data = _png(grey)
+    assert decode_image(data, max_pixels=LIMIT, keep_grey=True).mode == "L"
+    assert decode_image(data, max_pixels=LIMIT).mode == "RGB"
+    expected = prepare(decode_image(data, max_pixels=LIMIT), CARD)
+    assert np.array_equal(image_to_input(data, CARD, max_pixels=LIMIT), expected)
+    deep = Image.fromarray(rng.integers(0, 65536, (300, 400), dtype=np.uint16))
+    deep_data = _png(deep)
+    assert decode_image(deep_data, max_pixels=LIMIT, keep_grey=True).mode == "L"
+    expected = prepare(decode_image(deep_data, max_pixels=LIMIT), CARD)
+    assert np.array_equal(image_to_input(deep_data, CARD, max_pixels=LIMIT), expected)
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
