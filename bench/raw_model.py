@@ -165,6 +165,7 @@ def measure(batch_size: int, rounds: int, cache_dir: Path) -> dict[str, Any]:
     quickest = min(pipelines, key=pipelines.__getitem__)
     figures |= {"bare_pipeline_runtime": quickest, "bare_pipeline_p50_ms": pipelines[quickest]}
     figures |= bare_limit(predictors, decode_resize, many, len(blobs))
+    figures |= batch_schemes(predictors["litert"], many)
     return figures | {
         "runtime": served,
         "batch1_ms": batch1[served],
@@ -175,6 +176,38 @@ def measure(batch_size: int, rounds: int, cache_dir: Path) -> dict[str, Any]:
         or _median_ms(lambda: predictors[served].predict(decode_resize()[None]), rounds),
         "decode_resize_p50_ms": decode_ms,
     }
+
+
+def batch_schemes(litert: Any, batch: np.ndarray) -> dict[str, float]:
+    """A batch through LiteRT two ways, in turns: its lanes (single-threaded interpreters
+    sharing the images, what the worker does) and the lone-image interpreter (all threads)
+    called once per image; wall and CPU (all threads) ms per image."""
+
+    def one_interpreter() -> None:
+        for row in range(len(batch)):
+            litert.predict(batch[row : row + 1])
+
+    schemes: dict[str, Callable[[], object]] = {
+        "lanes": partial(litert.predict, batch),
+        "one_interpreter": one_interpreter,
+    }
+    figures: dict[str, list[tuple[float, float]]] = {name: [] for name in schemes}
+    for _ in range(4):
+        for name, call in schemes.items():
+            call()
+            started_cpu, started = time.process_time(), time.perf_counter()
+            call()
+            figures[name].append(
+                (
+                    (time.perf_counter() - started) * 1000 / len(batch),
+                    (time.process_time() - started_cpu) * 1000 / len(batch),
+                )
+            )
+    result = {}
+    for name, values in figures.items():
+        result[f"litert_{name}_wall_ms_per_image"] = statistics.median(v[0] for v in values)
+        result[f"litert_{name}_cpu_ms_per_image"] = statistics.median(v[1] for v in values)
+    return result
 
 
 def bare_limit(
@@ -237,6 +270,14 @@ def runtime_table(figures: dict[str, Any]) -> str:
             f"| {figures[f'{name}_batchn_ratio']:.2f} "
             f"| {figures[f'{name}_max_abs_dp']:.2g} | {figures[f'{name}_top1_agreement']:.3f} |"
         )
+    lines.append(
+        f"\nlitert, a batch of {n}: lanes (what the worker runs) "
+        f"{figures['litert_lanes_wall_ms_per_image']:.2f} ms wall, "
+        f"{figures['litert_lanes_cpu_ms_per_image']:.2f} ms CPU per image; one interpreter "
+        "with every thread, image by image "
+        f"{figures['litert_one_interpreter_wall_ms_per_image']:.2f} ms wall, "
+        f"{figures['litert_one_interpreter_cpu_ms_per_image']:.2f} ms CPU"
+    )
     return "\n".join(lines)
 
 

@@ -226,15 +226,35 @@ def test_cache_key_follows_the_model_the_converter_and_the_options(tmp_path: Pat
     assert path(base) != path(preprocessed)
 
 
+@pytest.mark.parametrize(("threads", "lanes"), [(1, 1), (2, 1), (1, 3), (2, 2)])
+def test_a_batch_over_parallel_lanes_keeps_every_row_in_its_place(
+    tiny_model: LoadedModel, threads: int, lanes: int
+) -> None:
+    """Lanes (single-threaded interpreters) share a batch's images: each answer must land in
+    its own row, whatever the lanes and the batch size."""
+    assert isinstance(tiny_model.predictor, KerasPredictor)
+    flatbuffer = convert(tiny_model.predictor.model, input_size=TINY_SIZE)
+    predictor = LiteRTPredictor(flatbuffer, num_threads=threads, batch_threads=lanes)
+    assert predictor.batch_threads == lanes
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (11, TINY_SIZE, TINY_SIZE, 3), dtype=np.uint8)
+    images[::3] = colour_images()[0]  # every third one red: rows must not be shuffled
+    alone = np.concatenate([predictor.predict(images[i : i + 1]) for i in range(len(images))])
+    for n in (2, 3, 5, 11):
+        np.testing.assert_allclose(predictor.predict(images[:n]), alone[:n], rtol=0, atol=1e-6)
+    predictor.close()
+
+
 # --- settings ---------------------------------------------------------------------------------
 
 
 def test_runtime_settings() -> None:
     default = WorkerSettings.from_env({})
-    assert default.runtime_options() == RuntimeOptions("auto", "none", 0)
+    assert default.runtime_options() == RuntimeOptions("auto", "none", 0, 0)
     env = {"QUEUENET_RUNTIME": "LiteRT", "QUEUENET_QUANTIZE": "int8"}
-    chosen = WorkerSettings.from_env(env | {"QUEUENET_RUNTIME_THREADS": "1"})
-    assert chosen.runtime_options() == RuntimeOptions("litert", "int8", 1)
+    threads = {"QUEUENET_RUNTIME_THREADS": "1", "QUEUENET_RUNTIME_BATCH_THREADS": "3"}
+    chosen = WorkerSettings.from_env(env | threads)
+    assert chosen.runtime_options() == RuntimeOptions("litert", "int8", 1, 3)
     with pytest.raises(SettingsError, match="QUEUENET_RUNTIME"):
         WorkerSettings.from_env({"QUEUENET_RUNTIME": "onnx"})
     with pytest.raises(SettingsError, match="QUEUENET_QUANTIZE=int8 needs"):
@@ -407,3 +427,17 @@ def test_raw_model_bench_reports_every_runtime(model_cache: Path) -> None:
     assert figures["runtime"] == "litert"  # auto, on this CPU machine
     for legacy in ("batch1_ms", "batchn_images_per_s", "pipeline_p50_ms", "decode_resize_p50_ms"):
         assert figures[legacy] > 0
+    # The bare limit: the cores over exact decode + resize and the fastest exact runtime.
+    fastest = figures["fastest_runtime"]
+    assert fastest in ("tensorflow", "litert") and figures["cores"] >= 1
+    per_image = figures["decode_resize_cpu_ms"] + figures[f"{fastest}_batchn_cpu_ms_per_image"]
+    assert figures["bare_limit_images_per_s"] == pytest.approx(
+        figures["cores"] * 1000 / per_image
+    )
+    assert figures[f"{fastest}_batchn_cpu_ms_per_image"] == min(
+        figures["tensorflow_batchn_cpu_ms_per_image"], figures["litert_batchn_cpu_ms_per_image"]
+    )
+    quickest = figures["bare_pipeline_runtime"]
+    assert figures["bare_pipeline_p50_ms"] == figures[f"{quickest}_pipeline_p50_ms"] > 0
+    for scheme in ("lanes", "one_interpreter"):
+        assert figures[f"litert_{scheme}_cpu_ms_per_image"] > 0

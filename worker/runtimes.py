@@ -78,7 +78,11 @@ class RuntimeOptions:
     quantize: str = QUANTIZE_NONE
     """``none`` or ``int8`` (LiteRT only)."""
     threads: int = 0
-    """LiteRT interpreter threads; 0 = the CPUs this process may run on."""
+    """LiteRT: threads of the interpreter for a lone image; 0 = the CPUs this process may run
+    on."""
+    batch_threads: int = 0
+    """LiteRT: single-threaded interpreters that run a batch's images at once; 0 = as
+    ``threads``."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +122,7 @@ def serve_with(
             keras_predictor,
             quantize=options.quantize,
             threads=options.threads,
+            batch_threads=options.batch_threads,
             cache_dir=cache_dir,
             model_id=model_id,
         )
@@ -128,10 +133,11 @@ def serve_with(
         return Served(keras_predictor, RUNTIME_TENSORFLOW)
     assert served.fidelity is not None
     logger.info(
-        "serving with runtime=litert quantize=%s threads=%d max_abs_dp=%.2e top1_agreement=%.3f "
-        "on %d check images (float limit %.0e) cache=%s path=%s",
+        "serving with runtime=litert quantize=%s threads=%d batch_threads=%d max_abs_dp=%.2e "
+        "top1_agreement=%.3f on %d check images (float limit %.0e) cache=%s path=%s",
         served.quantize,
         _threads(options.threads),
+        _threads(options.batch_threads or options.threads),
         served.fidelity.max_abs_dp,
         served.fidelity.top1_agreement,
         served.fidelity.images,
@@ -147,6 +153,7 @@ def litert_predictor(
     *,
     quantize: str = QUANTIZE_NONE,
     threads: int = 0,
+    batch_threads: int = 0,
     cache_dir: Path,
     model_id: str,
 ) -> Served:
@@ -158,7 +165,7 @@ def litert_predictor(
     expected = keras_predictor.predict(inputs)
     if path.is_file():
         try:
-            predictor = LiteRTPredictor(path.read_bytes(), num_threads=_threads(threads))
+            predictor = _litert(path.read_bytes(), threads, batch_threads)
             fidelity = _accept(measure_fidelity(expected, predictor.predict(inputs)), quantize)
             return Served(predictor, RUNTIME_LITERT, quantize, fidelity, path, from_cache=True)
         except (ValueError, RuntimeRefusedError) as exc:
@@ -171,7 +178,7 @@ def litert_predictor(
             preprocess=keras_predictor.preprocess,
             quantize=quantize,
         )
-        predictor = LiteRTPredictor(flatbuffer, num_threads=_threads(threads))
+        predictor = _litert(flatbuffer, threads, batch_threads)
     except (ConversionError, ValueError) as exc:
         raise RuntimeRefusedError(str(exc)) from exc
     fidelity = _accept(measure_fidelity(expected, predictor.predict(inputs)), quantize)
@@ -308,3 +315,11 @@ def gpu_visible() -> bool:
 
 def _threads(configured: int) -> int:
     return configured or len(os.sched_getaffinity(0))
+
+
+def _litert(flatbuffer: bytes, threads: int, batch_threads: int) -> LiteRTPredictor:
+    return LiteRTPredictor(
+        flatbuffer,
+        num_threads=_threads(threads),
+        batch_threads=_threads(batch_threads or threads),
+    )

@@ -166,7 +166,16 @@ QUANTIZE = declare(
 RUNTIME_THREADS = declare(
     "RUNTIME_THREADS",
     0,
-    "threads of the LiteRT interpreter; 0 = the CPUs this process may run on",
+    "threads of the LiteRT interpreter that runs a lone image; 0 = the CPUs this process may "
+    "run on",
+    tier="worker",
+    parse=whole(0, 1024),
+)
+RUNTIME_BATCH_THREADS = declare(
+    "RUNTIME_BATCH_THREADS",
+    0,
+    "LiteRT: a batch of several images runs on this many single-threaded interpreters at once, "
+    "each on its share of the images; 0 = as `QUEUENET_RUNTIME_THREADS`",
     tier="worker",
     parse=whole(0, 1024),
 )
@@ -202,6 +211,7 @@ class WorkerSettings:
     runtime: str = setting_field(RUNTIME)
     quantize: str = setting_field(QUANTIZE)
     runtime_threads: int = setting_field(RUNTIME_THREADS)
+    runtime_batch_threads: int = setting_field(RUNTIME_BATCH_THREADS)
     metrics_port: int = setting_field(METRICS_PORT)
     log_level: str = setting_field(LOG_LEVEL)
     log_format: str = setting_field(LOG_FORMAT)
@@ -211,7 +221,9 @@ class WorkerSettings:
         return self.worker_name or f"{host_prefix()}{os.getpid()}"
 
     def runtime_options(self) -> RuntimeOptions:
-        return RuntimeOptions(self.runtime, self.quantize, self.runtime_threads)
+        return RuntimeOptions(
+            self.runtime, self.quantize, self.runtime_threads, self.runtime_batch_threads
+        )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> WorkerSettings:
