@@ -126,7 +126,8 @@ start_redis() {
     fi
     set -- --port "$REDIS_PORT" --dir "$DATA_DIR" \
         --requirepass "$REDIS_PASSWORD" --masterauth "$REDIS_PASSWORD" \
-        --replica-announce-ip "$ANNOUNCE_HOST" --save "" --appendonly no
+        --replica-announce-ip "$ANNOUNCE_HOST" --save "" --appendonly no \
+        --repl-diskless-load on-empty-db
     [ -z "${BIND_ADDRESS:-}" ] || set -- "$@" --bind "$BIND_ADDRESS"
     if [ -n "${REDIS_MAXMEMORY:-}" ]; then
         # With noeviction a full Redis refuses new requests (the web tier answers 503) instead
