@@ -20,7 +20,8 @@
 #   SENTINEL_QUORUM      sentinels that must agree the master is down: a majority of SENTINELS
 #   SENTINEL_DOWN_AFTER_MS, SENTINEL_FAILOVER_TIMEOUT_MS
 #   REDIS_PORT (6379), SENTINEL_PORT (26379), DATA_DIR (/data, writable), BIND_ADDRESS (all),
-#   REDIS_MAXMEMORY (none), FAILOVER_WAIT_S (60)
+#   REDIS_MAXMEMORY (none), FAILOVER_WAIT_S (60): how long a starting instance waits for the
+#   set (a Redis for the promotion of its replica, see below; a Sentinel for a master to watch)
 #
 # Nothing is persisted (as in the single-Redis deployments: the queue holds short-lived work).
 # So a Redis that starts decides its role by asking, never from a file:
@@ -167,14 +168,14 @@ EOF
 start_sentinel() {
     self="$ANNOUNCE_HOST:$SENTINEL_PORT"
     must_be_listed "$self" "$SENTINELS" SENTINELS
-    # Wait (up to a minute) for a master to watch: `sentinel monitor` refuses a host name that
-    # does not resolve yet, e.g. while the first Redis's pod is still being scheduled.
+    # Wait (up to FAILOVER_WAIT_S) for a master to watch: `sentinel monitor` refuses a host name
+    # that does not resolve yet, e.g. while the first Redis's pod is still being scheduled.
     waited=0
     while :; do
         master=$(sentinels_master "$self")
         [ -n "$master" ] || master=$(nodes_master)
         [ -z "$master" ] || break
-        if [ "$waited" -ge 60 ]; then
+        if [ "$waited" -ge "$FAILOVER_WAIT_S" ]; then
             master=${REDIS_NODES%% *}
             break
         fi
