@@ -32,9 +32,9 @@
 # - no sentinel answers: it replicates a Redis that says it is a master, else the first node
 #   is the master.
 # A Sentinel takes the master from the other sentinels, else from the Redis that says it is a
-# master, and keeps one identity (myid, from its host name) across restarts, so the others
-# never count a restarted Sentinel twice (they never forget one they have seen, and a majority
-# of all of them must vote for a failover).
+# master, and keeps one identity (myid, from its host name) across restarts: the others know a
+# replaced pod as the sentinel they knew, whatever its new address (sentinels never forget one
+# they have seen, and a majority of all of them must vote for a failover).
 set -eu
 
 REDIS_PORT=${REDIS_PORT:-6379}
