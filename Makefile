@@ -20,7 +20,7 @@ mypy:
 	$(BIN)/mypy
 
 compose:
-	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml docker-compose.sentinel.yml
 
 test:
 	$(BIN)/python -m pytest

@@ -11,22 +11,28 @@ from ``protocol.keys``, never formatted here.
 from __future__ import annotations
 
 import copy
+import functools
 import math
+import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
+import yaml  # type: ignore[import-untyped]
 from kubernetes_validate.utils import resources_from_file  # type: ignore[import-untyped]
 
 from app import create_app
 from app.settings import AppSettings
+from protocol import topology
+from protocol.backend import connect_backend
 from protocol.keys import Keys
 from protocol.settings import Setting, declared
 from tests.helpers import ROOT
@@ -66,20 +72,21 @@ def load_manifests() -> list[tuple[str, Obj]]:
 
 
 MANIFESTS = load_manifests()
+BASE: list[Obj] = [obj for _, obj in MANIFESTS]
 
 
-def get(kind: str, name: str) -> Obj:
-    matches = [o for _, o in MANIFESTS if o["kind"] == kind and o["metadata"]["name"] == name]
+def get(kind: str, name: str, objects: Sequence[Obj] = BASE) -> Obj:
+    matches = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
     assert len(matches) == 1, f"expected one {kind} {name}, found {len(matches)}"
     return matches[0]
 
 
-def of_kind(kind: str) -> list[Obj]:
-    return [o for _, o in MANIFESTS if o["kind"] == kind]
+def of_kind(kind: str, objects: Sequence[Obj] = BASE) -> list[Obj]:
+    return [o for o in objects if o["kind"] == kind]
 
 
-def container(deployment: Obj) -> Obj:
-    containers: list[Obj] = deployment["spec"]["template"]["spec"]["containers"]
+def container(workload: Obj) -> Obj:
+    containers: list[Obj] = workload["spec"]["template"]["spec"]["containers"]
     assert len(containers) == 1
     return containers[0]
 
@@ -89,8 +96,8 @@ def name_of(obj: Obj) -> str:
     return name
 
 
-def pod_labels(deployment: Obj) -> dict[str, str]:
-    labels: dict[str, str] = deployment["spec"]["template"]["metadata"]["labels"]
+def pod_labels(workload: Obj) -> dict[str, str]:
+    labels: dict[str, str] = workload["spec"]["template"]["metadata"]["labels"]
     return labels
 
 
@@ -212,13 +219,21 @@ def image_user(dockerfile: str) -> tuple[int, int]:
 
 @pytest.mark.parametrize("deployment", [WEB, *WORKERS, REDIS], ids=name_of)
 def test_pods_run_unprivileged_on_a_read_only_root(deployment: Obj) -> None:
-    pod = deployment["spec"]["template"]["spec"]
+    check_unprivileged_on_a_read_only_root(
+        deployment, writable={"/data"} if deployment is REDIS else {"/tmp"}
+    )
+
+
+def check_unprivileged_on_a_read_only_root(workload: Obj, writable: set[str]) -> None:
+    """What every pod of QueueNet's manifests must be; ``writable``: the paths of its
+    emptyDirs, the only places it may write."""
+    pod = workload["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
     assert pod["automountServiceAccountToken"] is False
     # Service-link variables of Services named queuenet-* would look like settings.
     assert pod["enableServiceLinks"] is False
-    main = container(deployment)
+    main = container(workload)
     security = main["securityContext"]
     assert security["readOnlyRootFilesystem"] is True
     assert security["allowPrivilegeEscalation"] is False
@@ -227,8 +242,11 @@ def test_pods_run_unprivileged_on_a_read_only_root(deployment: Obj) -> None:
     assert {"cpu", "memory"} <= requests.keys() and "memory" in limits
     # Whatever must be written goes to an emptyDir.
     empty_dirs = {v["name"] for v in pod.get("volumes", []) if "emptyDir" in v}
-    writable = {m["mountPath"] for m in main["volumeMounts"] if m["name"] in empty_dirs}
-    assert writable == ({"/data"} if deployment is REDIS else {"/tmp"})
+    mounted = {m["mountPath"] for m in main["volumeMounts"] if m["name"] in empty_dirs}
+    assert mounted == writable, name_of(workload)
+    # Any other volume is mounted read-only.
+    for mount in main["volumeMounts"]:
+        assert mount["name"] in empty_dirs or mount.get("readOnly") is True, mount
 
 
 def test_queuenet_pods_run_as_the_image_user() -> None:
@@ -245,12 +263,12 @@ def quantity(value: str) -> float:
     return float(value[:-1]) / 1000 if value.endswith("m") else float(value)
 
 
-def pod_env(deployment: Obj) -> dict[str, str]:
-    """The environment the kubelet gives the container: envFrom, then env in order, with
-    ``$(VAR)`` expanded from what is defined before it, Secret values from the example."""
-    main = container(deployment)
-    configmaps = {c["metadata"]["name"]: c["data"] for c in of_kind("ConfigMap")}
-    secrets = {s["metadata"]["name"]: s["stringData"] for s in of_kind("Secret")}
+def pod_env(workload: Obj, objects: Sequence[Obj] = BASE, pod_name: str = "") -> dict[str, str]:
+    """The environment the kubelet gives the container of ``workload`` (in pod ``pod_name``):
+    envFrom, then env in order, with ``$(VAR)`` expanded from what is defined before it,
+    ConfigMaps and Secrets from ``objects`` (Secret values from the example)."""
+    main = container(workload)
+    configmaps = {name_of(c): c["data"] for c in objects if c["kind"] == "ConfigMap"}
     env: dict[str, str] = {}
     for source in main.get("envFrom", []):
         env.update(configmaps[source["configMapRef"]["name"]])
@@ -263,19 +281,32 @@ def pod_env(deployment: Obj) -> dict[str, str]:
     for var in main.get("env", []):
         if "value" in var:
             env[var["name"]] = re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", expand, var["value"])
-        elif "secretKeyRef" in var["valueFrom"]:
-            ref = var["valueFrom"]["secretKeyRef"]
-            if ref["key"] in secrets[ref["name"]]:
-                env[var["name"]] = secrets[ref["name"]][ref["key"]]
-            else:
-                assert ref.get("optional") is True, f"{ref['name']} has no key {ref['key']}"
         else:
-            ref = var["valueFrom"]["resourceFieldRef"]
-            assert ref["containerName"] == main["name"]
-            section, resource = ref["resource"].split(".")
-            cores = quantity(main["resources"][section][resource]) / quantity(ref["divisor"])
-            env[var["name"]] = str(math.ceil(cores))
+            value = value_from(var["valueFrom"], main, objects, pod_name)
+            if value is not None:
+                env[var["name"]] = value
     return env
+
+
+def value_from(source: Obj, main: Obj, objects: Sequence[Obj], pod_name: str) -> str | None:
+    """An env entry's ``valueFrom`` as the kubelet resolves it; None: an optional Secret key
+    that is not there."""
+    if "secretKeyRef" in source:
+        ref = source["secretKeyRef"]
+        (secret,) = [o for o in objects if o["kind"] == "Secret" and name_of(o) == ref["name"]]
+        if ref["key"] in secret["stringData"]:
+            value: str = secret["stringData"][ref["key"]]
+            return value
+        assert ref.get("optional") is True, f"{ref['name']} has no key {ref['key']}"
+        return None
+    if "fieldRef" in source:
+        assert source["fieldRef"]["fieldPath"] == "metadata.name" and pod_name
+        return pod_name
+    ref = source["resourceFieldRef"]
+    assert ref["containerName"] == main["name"]
+    section, resource = ref["resource"].split(".")
+    cores = quantity(main["resources"][section][resource]) / quantity(ref["divisor"])
+    return str(math.ceil(cores))
 
 
 def settings_names(env: Mapping[str, str]) -> set[str]:
@@ -564,8 +595,9 @@ def test_keda_scales_each_worker_deployment_on_its_own_queue(deployment: Obj) ->
     assert ref["key"] in get("Secret", ref["name"])["stringData"]
 
 
-def kustomize(directory: Path) -> list[str]:
-    """The kinds of the objects ``kubectl kustomize`` builds from ``directory``."""
+@functools.cache
+def kustomize_objects(directory: Path) -> tuple[Obj, ...]:
+    """The objects ``kubectl kustomize`` builds from ``directory``."""
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.skip("kubectl is not installed")
@@ -576,7 +608,12 @@ def kustomize(directory: Path) -> list[str]:
         check=True,
         timeout=30,
     ).stdout
-    return re.findall(r"^kind: (\S+)$", out, flags=re.M)
+    return tuple(obj for obj in yaml.safe_load_all(out) if obj)
+
+
+def kustomize(directory: Path) -> list[str]:
+    """The kinds of the objects ``kubectl kustomize`` builds from ``directory``."""
+    return [obj["kind"] for obj in kustomize_objects(directory)]
 
 
 def test_kustomize_builds_the_manifests() -> None:
@@ -595,6 +632,319 @@ def test_the_patch_for_a_cluster_without_keda_drops_only_the_keda_objects(tmp_pa
     (copy / "kustomization.yaml").write_text("\n".join(lines + patch) + "\n", encoding="utf-8")
     expected = sorted(o["kind"] for _, o in MANIFESTS if o["kind"] not in CUSTOM_KINDS)
     assert sorted(kustomize(copy)) == expected
+
+
+# --- the Sentinel variant: deploy/k8s-sentinel ------------------------------------------------
+# A kustomize overlay of deploy/k8s (beside it: kustomize refuses an overlay inside its base's
+# directory) in which a Sentinel set replaces the single Redis. Checked on what
+# `kubectl kustomize` builds, the objects Kubernetes would get.
+
+SENTINEL_K8S_DIR = ROOT / "deploy" / "k8s-sentinel"
+SENTINEL_SET_SCRIPT = SENTINEL_K8S_DIR / "sentinel-set.sh"
+SENTINEL_ROLES = ("redis", "sentinel")
+"""What sentinel-set.sh runs: its first argument, and the component label of the pods."""
+KEDA_SENTINEL_METADATA = {
+    "addresses", "hosts", "ports", "sentinelMaster", "listName", "listLength",
+    "activationListLength", "databaseIndex", "enableTLS", "unsafeSsl", "addressesFromEnv",
+    "hostsFromEnv", "portsFromEnv", "sentinelMasterFromEnv", "usernameFromEnv",
+    "passwordFromEnv", "sentinelUsernameFromEnv", "sentinelPasswordFromEnv",
+}  # fmt: skip
+"""The metadata of KEDA's redis-sentinel trigger (keda.sh, "Redis Lists (supports Redis
+Sentinel)"); KEDA would ignore a misspelt one."""
+KEDA_SENTINEL_AUTH = {"password", "sentinelPassword"}
+"""Its TriggerAuthentication parameters: the master's password and the sentinels'."""
+
+
+def sentinel_overlay() -> tuple[Obj, ...]:
+    return kustomize_objects(SENTINEL_K8S_DIR)
+
+
+def workloads(objects: Sequence[Obj]) -> list[Obj]:
+    return [o for o in objects if o["kind"] in ("Deployment", "StatefulSet")]
+
+
+def selects(selector: Mapping[str, str], objects: Sequence[Obj]) -> list[str]:
+    """Names of the workloads whose pods ``selector`` selects."""
+    return [name_of(w) for w in workloads(objects) if selector.items() <= pod_labels(w).items()]
+
+
+def set_member(role: str, objects: Sequence[Obj]) -> Obj:
+    """The StatefulSet whose pods run sentinel-set.sh ``role``."""
+    (member,) = [
+        s
+        for s in of_kind("StatefulSet", objects)
+        if pod_labels(s)["app.kubernetes.io/component"] == role
+    ]
+    return member
+
+
+def pod_names(statefulset: Obj) -> list[str]:
+    return [f"{name_of(statefulset)}-{i}" for i in range(statefulset["spec"]["replicas"])]
+
+
+def pod_addresses(statefulset: Obj, objects: Sequence[Obj]) -> list[str]:
+    """host:port of each pod of ``statefulset`` by its stable name,
+    <pod>.<headless Service>.<namespace>.svc, which resolves from any namespace."""
+    service = get("Service", statefulset["spec"]["serviceName"], objects)
+    (port,) = container(statefulset)["ports"]
+    (service_port,) = service["spec"]["ports"]
+    assert service_port["port"] == port["containerPort"]
+    assert service_port["targetPort"] == port["name"]
+    host = f"{name_of(service)}.{NAMESPACE}.svc"
+    return [f"{pod}.{host}:{service_port['port']}" for pod in pod_names(statefulset)]
+
+
+def set_env(role: str, objects: Sequence[Obj]) -> dict[str, dict[str, str]]:
+    """The environment of each pod of the set's ``role``, by pod name."""
+    member = set_member(role, objects)
+    return {pod: pod_env(member, objects, pod_name=pod) for pod in pod_names(member)}
+
+
+def sentinel_conf(env: Mapping[str, str]) -> list[list[str]]:
+    """The configuration sentinel-set.sh writes for the Sentinel whose environment is ``env``
+    when the set starts anew (watching the first Redis), line by line, word by word."""
+    first_node = env["REDIS_NODES"].split()[0]
+    out = subprocess.run(
+        ["sh", str(SENTINEL_SET_SCRIPT), "sentinel-conf", first_node],
+        env={**env, "PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    return [shlex.split(line) for line in out.splitlines() if line.strip()]
+
+
+def check_sentinel_conf(
+    env: Mapping[str, str], *, sentinels: int, service_name: str, password: str
+) -> str:
+    """The checks of one Sentinel's configuration; returns its myid."""
+    lines = sentinel_conf(env)
+    (monitor,) = [line for line in lines if line[:2] == ["sentinel", "monitor"]]
+    _, _, name, host, port, quorum = monitor
+    # The master set the clients and KEDA ask for, the first Redis at first.
+    assert name == service_name
+    assert f"{host}:{port}" == env["REDIS_NODES"].split()[0]
+    # Failure detection needs the quorum and a failover a majority of all sentinels: a quorum
+    # below a majority would let a minority declare the master down.
+    assert int(quorum) == int(env["SENTINEL_QUORUM"])
+    assert sentinels // 2 < int(quorum) <= sentinels, f"quorum {quorum} of {sentinels}"
+    # Host names, announced and resolved; Sentinel takes a host name in `monitor` only when
+    # these come before it.
+    before = lines[: lines.index(monitor)]
+    assert ["sentinel", "resolve-hostnames", "yes"] in before
+    assert ["sentinel", "announce-hostnames", "yes"] in before
+    assert ["sentinel", "announce-ip", env["ANNOUNCE_HOST"]] in lines
+    (own_port,) = [line[1] for line in lines if line[0] == "port"]
+    assert f"{env['ANNOUNCE_HOST']}:{own_port}" in env["SENTINELS"].split()
+    # The password of the URL opens the sentinels and the Redis they watch.
+    assert ["requirepass", password] in lines
+    assert ["sentinel", "auth-pass", name, password] in lines
+    (myid,) = [line[2] for line in lines if line[:2] == ["sentinel", "myid"]]
+    assert re.fullmatch(r"[0-9a-f]{40}", myid)
+    return myid
+
+
+def test_the_sentinel_overlay_builds_valid_objects() -> None:
+    errors = []
+    for obj in sentinel_overlay():
+        ident = f"{obj['kind']}/{name_of(obj)}"
+        if obj["kind"] != "Namespace" and obj["metadata"].get("namespace") != NAMESPACE:
+            errors.append(f"{ident} is not in the namespace {NAMESPACE}")
+        if obj["kind"] in CUSTOM_KINDS:
+            assert obj["apiVersion"] == KEDA_API, ident
+            continue
+        try:
+            kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            errors.append(f"{ident}: {exc}")
+    assert not errors, "\n".join(errors)
+
+
+def test_the_sentinel_overlay_replaces_the_single_redis_whole() -> None:
+    """The base's Redis Deployment and Service are gone, everything else of the base is there,
+    and nothing names the single Redis any more."""
+    objects = sentinel_overlay()
+    built = {(o["kind"], name_of(o)) for o in objects}
+    single = {("Deployment", name_of(REDIS)), ("Service", name_of(REDIS_SERVICE))}
+    assert not single & built
+    assert {(o["kind"], name_of(o)) for o in BASE} - single <= built
+    text = yaml.safe_dump_all(objects)
+    old_host = rf"\b{name_of(REDIS_SERVICE)}(\.{NAMESPACE}(\.svc)?)?:\d"
+    assert not re.search(old_host, text), "something still names the single Redis's Service"
+    triggers = [t for o in of_kind("ScaledObject", objects) for t in o["spec"]["triggers"]]
+    assert triggers and all(t["type"] == "redis-sentinel" for t in triggers)
+
+
+def test_the_sentinel_overlays_selectors_line_up() -> None:
+    """Each workload, budget, spread and Service of the overlay selects the pods of one workload
+    only, and each Service's ports are its pods'."""
+    objects = sentinel_overlay()
+    for workload in workloads(objects):
+        name = name_of(workload)
+        assert selects(match_labels(workload["spec"]["selector"]), objects) == [name]
+        pod = workload["spec"]["template"]["spec"]
+        for constraint in pod.get("topologySpreadConstraints", []):
+            assert selects(match_labels(constraint["labelSelector"]), objects) == [name]
+    for budget in of_kind("PodDisruptionBudget", objects):
+        assert len(selects(match_labels(budget["spec"]["selector"]), objects)) == 1
+    for service in of_kind("Service", objects):
+        (target,) = selects(service["spec"]["selector"], objects)
+        (workload,) = [w for w in workloads(objects) if name_of(w) == target]
+        port_names = {p["name"] for p in container(workload)["ports"]}
+        assert {p["targetPort"] for p in service["spec"]["ports"]} <= port_names
+    for statefulset in of_kind("StatefulSet", objects):
+        service = get("Service", statefulset["spec"]["serviceName"], objects)
+        assert selects(service["spec"]["selector"], objects) == [name_of(statefulset)]
+
+
+def test_web_and_workers_share_one_sentinel_url_and_shard_count() -> None:
+    """The same QUEUENET_REDIS_URL and QUEUENET_SHARDS (set, not left to the default) reach the
+    web tier and every worker, as their settings classes read them; the URL names every
+    sentinel of the set by its stable name, the master set they watch and the password."""
+    objects = sentinel_overlay()
+    web = get("Deployment", name_of(WEB), objects)
+    workers = [w for w in of_kind("Deployment", objects) if tier(w) == "worker"]
+    assert sorted(map(name_of, workers)) == sorted(map(name_of, WORKERS))
+    redis_settings = [AppSettings.from_env(pod_env(web, objects)).redis]
+    redis_settings += [WorkerSettings.from_env(pod_env(w, objects)).redis for w in workers]
+    assert all("QUEUENET_SHARDS" in pod_env(d, objects) for d in (web, *workers))
+    (url,) = {s.url for s in redis_settings}
+    (shards,) = {s.shards for s in redis_settings}
+    assert shards == 1  # one master, one shard
+
+    shape = topology.parse(url)
+    assert shape.kind == "sentinel"
+    sentinels = set_member("sentinel", objects)
+    assert [f"{n.host}:{n.port}" for n in shape.nodes] == pod_addresses(sentinels, objects)
+    secrets = get("Secret", "queuenet-secrets", objects)["stringData"]
+    assert shape.password == secrets["redis-password"]
+    assert shape.db == 0
+    for env in set_env("sentinel", objects).values():
+        assert shape.service_name == env["SENTINEL_MASTER"]
+
+
+def test_the_sentinels_watch_the_master_set_of_the_url() -> None:
+    """Each sentinel's configuration, as sentinel-set.sh writes it from the pod's environment:
+    the master set of the URL (and of the KEDA triggers), a majority quorum, host names, the
+    password; and one identity per sentinel."""
+    objects = sentinel_overlay()
+    web_env = pod_env(get("Deployment", name_of(WEB), objects), objects)
+    shape = topology.parse(web_env["QUEUENET_REDIS_URL"])
+    sentinels, redis_set = set_member("sentinel", objects), set_member("redis", objects)
+    myids = []
+    for pod, env in set_env("sentinel", objects).items():
+        own = pod_addresses(sentinels, objects)[pod_names(sentinels).index(pod)]
+        assert env["ANNOUNCE_HOST"] == own.rpartition(":")[0]
+        assert env["SENTINELS"].split() == pod_addresses(sentinels, objects)
+        assert env["REDIS_NODES"].split() == pod_addresses(redis_set, objects)
+        myids.append(
+            check_sentinel_conf(
+                env,
+                sentinels=sentinels["spec"]["replicas"],
+                service_name=shape.service_name,
+                password=web_env["REDIS_PASSWORD"],
+            )
+        )
+    assert len(set(myids)) == len(myids)
+    for scaled in of_kind("ScaledObject", objects):
+        for trigger in scaled["spec"]["triggers"]:
+            assert trigger["metadata"]["sentinelMaster"] == shape.service_name
+    # Every Redis announces its own stable name, one of REDIS_NODES.
+    for pod, env in set_env("redis", objects).items():
+        own = pod_addresses(redis_set, objects)[pod_names(redis_set).index(pod)]
+        assert f"{env['ANNOUNCE_HOST']}:{own.rpartition(':')[2]}" == own
+        assert env["SENTINEL_MASTER"] == shape.service_name
+
+
+@pytest.mark.parametrize("deployment", WORKERS, ids=name_of)
+def test_keda_scales_each_worker_on_its_queue_through_the_sentinels(deployment: Obj) -> None:
+    """One redis-sentinel trigger per queue shard of the worker's model version, each on the
+    queue key protocol.keys gives for it (through the backend the worker itself would build),
+    through the sentinels and master set of the worker's URL, with both passwords."""
+    objects = sentinel_overlay()
+    worker = get("Deployment", name_of(deployment), objects)
+    settings = WorkerSettings.from_env(pod_env(worker, objects))
+    backend = connect_backend(settings.redis)  # clients only: nothing connects yet
+    try:
+        keys = backend.keys(settings.redis.namespace)
+        queues = [
+            keys.version(settings.model_name, settings.model_version, shard).queue()
+            for shard in range(backend.shards)
+        ]
+    finally:
+        backend.close()
+    shape = topology.parse(settings.redis.url)
+    (scaled,) = [
+        o
+        for o in of_kind("ScaledObject", objects)
+        if o["spec"]["scaleTargetRef"]["name"] == name_of(worker)
+    ]
+    triggers = scaled["spec"]["triggers"]
+    assert [t["metadata"]["listName"] for t in triggers] == queues
+    secrets = get("Secret", "queuenet-secrets", objects)["stringData"]
+    for trigger in triggers:
+        assert trigger.keys() <= TRIGGER_FIELDS
+        assert trigger["type"] == "redis-sentinel"
+        metadata = trigger["metadata"]
+        assert metadata.keys() <= KEDA_SENTINEL_METADATA
+        assert all(isinstance(value, str) for value in metadata.values())
+        addresses = metadata["addresses"].split(",")
+        assert addresses == [f"{n.host}:{n.port}" for n in shape.nodes]
+        # Resolved by the KEDA operator in its own namespace.
+        assert all(a.rpartition(":")[0].endswith(f".{NAMESPACE}.svc") for a in addresses)
+        assert metadata["sentinelMaster"] == shape.service_name
+        assert metadata["databaseIndex"] == str(shape.db)
+        # About one batch waiting per worker, over all the shards.
+        assert int(metadata["listLength"]) * len(queues) == settings.batch_size
+        auth = get("TriggerAuthentication", trigger["authenticationRef"]["name"], objects)
+        refs = {ref["parameter"]: ref for ref in auth["spec"]["secretTargetRef"]}
+        assert refs.keys() == KEDA_SENTINEL_AUTH
+        for ref in refs.values():
+            assert secrets[ref["key"]] == shape.password
+
+
+@pytest.mark.parametrize("role", SENTINEL_ROLES)
+def test_the_sentinel_set_pods(role: str) -> None:
+    """Redis and Sentinel pods: unprivileged on a read-only root (they write /data only), the
+    script from its ConfigMap, probes that leave room for the waits of the script, enough pods
+    and a budget that keeps a promotable replica, or a majority of the sentinels."""
+    objects = sentinel_overlay()
+    member = set_member(role, objects)
+    check_unprivileged_on_a_read_only_root(member, writable={"/data"})
+    main = container(member)
+    assert main["image"] == "redis:7-alpine"  # Sentinel re-resolves host names since 7.0
+    pod = member["spec"]["template"]["spec"]
+    (scripts,) = [v for v in pod["volumes"] if "configMap" in v]
+    (mount,) = [m["mountPath"] for m in main["volumeMounts"] if m["name"] == scripts["name"]]
+    configmap = get("ConfigMap", scripts["configMap"]["name"], objects)
+    assert configmap["data"][SENTINEL_SET_SCRIPT.name] == SENTINEL_SET_SCRIPT.read_text()
+    assert main["command"] == ["sh", f"{mount}/{SENTINEL_SET_SCRIPT.name}", role]
+
+    (port,) = main["ports"]
+    assert main["livenessProbe"]["tcpSocket"]["port"] == port["name"]
+    readiness = " ".join(main["readinessProbe"]["exec"]["command"])
+    port_option = "" if port["containerPort"] == 6379 else f" -p {port['containerPort']}"
+    assert f"redis-cli{port_option} ping" in readiness  # 6379: redis-cli's default
+    startup = main["startupProbe"]
+    wait_s = int(pod_env(member, objects, pod_name=pod_names(member)[0])["FAILOVER_WAIT_S"])
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= wait_s + 20
+
+    replicas = member["spec"]["replicas"]
+    (budget,) = [
+        b
+        for b in of_kind("PodDisruptionBudget", objects)
+        if selects(match_labels(b["spec"]["selector"]), objects) == [name_of(member)]
+    ]
+    if role == "redis":
+        assert replicas >= 2  # a master and a replica to promote
+        assert budget["spec"]["maxUnavailable"] == 1
+    else:
+        assert replicas >= 3  # Redis' advice: no fewer, on independent machines
+        assert budget["spec"]["minAvailable"] > replicas // 2  # a drain leaves a majority
+    service = get("Service", member["spec"]["serviceName"], objects)
+    assert service["spec"]["clusterIP"] == "None"  # a name per pod, no virtual address
+    assert service["spec"]["publishNotReadyAddresses"] is True  # the set forms before ready
 
 
 # --- images and compose ----------------------------------------------------------------------
@@ -625,12 +975,23 @@ def joined_lines(dockerfile: str) -> str:
     return re.sub(r"\\\n\s*", "", dockerfile)
 
 
-def test_compose_file_matches_the_compose_spec() -> None:
+COMPOSE_FILES = ["docker-compose.yml", "docker-compose.sentinel.yml"]
+
+
+def test_every_compose_file_is_checked_here_and_in_ci() -> None:
+    assert sorted(p.name for p in ROOT.glob("docker-compose*.y*ml")) == sorted(COMPOSE_FILES)
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    validated = re.findall(r"check-jsonschema --builtin-schema vendor.compose-spec (.+)$", ci, re.M)
+    assert validated and sorted(" ".join(validated).split()) == sorted(COMPOSE_FILES)
+
+
+@pytest.mark.parametrize("compose_file", COMPOSE_FILES)
+def test_compose_file_matches_the_compose_spec(compose_file: str) -> None:
     exe = Path(sys.executable).with_name("check-jsonschema")
     command = str(exe) if exe.exists() else shutil.which("check-jsonschema")
     assert command, "check-jsonschema is not installed (pip install -e '.[dev]')"
     result = subprocess.run(
-        [command, "--builtin-schema", "vendor.compose-spec", "docker-compose.yml"],
+        [command, "--builtin-schema", "vendor.compose-spec", compose_file],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -646,9 +1007,9 @@ COMPOSE_WORKERS = sorted(
 )
 
 
-def compose_env(service: str) -> dict[str, str]:
+def compose_env(service: str, services: Mapping[str, Obj] = SERVICES) -> dict[str, str]:
     """A service's environment with ``${VAR:-default}`` interpolated from its default."""
-    env = SERVICES[service].get("environment", {})
+    env = services[service].get("environment", {})
     assert isinstance(env, dict), f"{service}: write the environment as a mapping"
     return {
         name: re.sub(r"\$\{[A-Za-z_][A-Za-z0-9_]*:-([^}]*)\}", r"\1", str(value))
@@ -704,3 +1065,83 @@ def test_scale_instructions_name_compose_services() -> None:
     assert in_readme, "README.md shows no `docker compose up --scale`"
     assert set(in_compose) | set(in_readme) <= SERVICES.keys()
     assert set(COMPOSE_WORKERS) <= set(in_compose)  # the file shows how to scale each model
+
+
+# --- the Sentinel variant: docker-compose.sentinel.yml ----------------------------------------
+
+SENTINEL_COMPOSE: Obj = resources_from_file(str(ROOT / "docker-compose.sentinel.yml"))[0]
+SENTINEL_SERVICES: dict[str, Obj] = SENTINEL_COMPOSE["services"]
+SCRIPT_IN_CONTAINER = f"/scripts/{SENTINEL_SET_SCRIPT.name}"
+
+
+def compose_role(role: str) -> list[str]:
+    """The services of docker-compose.sentinel.yml that run sentinel-set.sh ``role``."""
+    return sorted(
+        name
+        for name, service in SENTINEL_SERVICES.items()
+        if service.get("entrypoint") == ["sh", SCRIPT_IN_CONTAINER, role]
+    )
+
+
+def test_the_sentinel_compose_file_runs_the_main_files_services_on_the_set() -> None:
+    """The web, worker and nginx services are docker-compose.yml's, but for the Redis URL, the
+    shard count and what they wait for: the whole set, in place of the single Redis."""
+    the_set = compose_role("redis") + compose_role("sentinel")
+    assert "redis" not in SENTINEL_SERVICES
+    assert SENTINEL_SERVICES.keys() == (SERVICES.keys() - {"redis"}) | set(the_set)
+    switched = {"QUEUENET_REDIS_URL", "QUEUENET_SHARDS"}
+    for name in ("web", *COMPOSE_WORKERS, "nginx"):
+        main, variant = SERVICES[name], SENTINEL_SERVICES[name]
+        rest = {"environment", "depends_on"}
+        assert {k: v for k, v in variant.items() if k not in rest} == {
+            k: v for k, v in main.items() if k not in rest
+        }, name
+        env = compose_env(name, SENTINEL_SERVICES)
+        assert {k: v for k, v in env.items() if k not in switched} == {
+            k: v for k, v in compose_env(name).items() if k not in switched
+        }, name
+        if name != "nginx":
+            healthy = {"condition": "service_healthy"}
+            assert variant["depends_on"] == {member: healthy for member in the_set}
+
+
+def test_the_sentinel_compose_url_names_its_sentinels_and_master_set() -> None:
+    """Web and workers share one redis+sentinel:// URL and shard count; the URL lists every
+    sentinel service, and each sentinel's configuration (as sentinel-set.sh writes it) watches
+    the URL's master set with a majority quorum, announcing its own service name."""
+    envs = [compose_env(name, SENTINEL_SERVICES) for name in ("web", *COMPOSE_WORKERS)]
+    (url,) = {env["QUEUENET_REDIS_URL"] for env in envs}
+    (shards,) = {env.get("QUEUENET_SHARDS") for env in envs}
+    assert shards == "1"
+    assert {AppSettings.from_env(envs[0]).redis.shards} | {
+        WorkerSettings.from_env(env).redis.shards for env in envs[1:]
+    } == {1}
+    shape = topology.parse(url)
+    assert shape.kind == "sentinel"
+
+    sentinels, nodes = compose_role("sentinel"), compose_role("redis")
+    assert len(sentinels) >= 3 and len(nodes) >= 2
+    set_envs = {name: compose_env(name, SENTINEL_SERVICES) for name in sentinels + nodes}
+    for name, env in set_envs.items():
+        assert env["ANNOUNCE_HOST"] == name
+        assert SENTINEL_SERVICES[name]["volumes"] == [
+            f"./{SENTINEL_SET_SCRIPT.relative_to(ROOT)}:{SCRIPT_IN_CONTAINER}:ro"
+        ]
+    for variable in ("SENTINEL_MASTER", "SENTINELS", "REDIS_NODES", "REDIS_PASSWORD"):
+        assert len({env[variable] for env in set_envs.values()}) == 1, variable
+    env = set_envs[sentinels[0]]
+    assert [f"{n.host}:{n.port}" for n in shape.nodes] == env["SENTINELS"].split()
+    assert env["SENTINELS"].split() == [f"{name}:26379" for name in sentinels]
+    assert env["REDIS_NODES"].split() == [f"{name}:6379" for name in nodes]
+    assert shape.service_name == env["SENTINEL_MASTER"]
+    assert shape.password == env["REDIS_PASSWORD"]
+    myids = {
+        check_sentinel_conf(
+            set_envs[name],
+            sentinels=len(sentinels),
+            service_name=shape.service_name,
+            password=shape.password,
+        )
+        for name in sentinels
+    }
+    assert len(myids) == len(sentinels)
