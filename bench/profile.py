@@ -99,6 +99,7 @@ WORKER_STAGES = (
     Stage("stack the batch", "stack", "worker/batching.py"),
     Stage("model call", "KerasPredictor.predict", "worker/model.py", "bare"),
     Stage("model call", "LiteRTPredictor.predict", "worker/litert.py", "bare"),
+    Stage("model call", "_Interpreter.run", "worker/litert.py", "bare"),  # a lane's thread
     Stage("rank + encode the answer", "after_prediction", "worker/plan.py"),
     Stage("rank + encode the answer", "encode_result", "protocol/messages.py"),
     Stage("write the answer + ack (Redis)", "Worker.write_results", "worker/loop.py"),
