@@ -502,6 +502,25 @@ def test_worker_probes_resources_and_shutdown(deployment: Obj) -> None:
     assert grace >= settings.drain_timeout_s + BATCH_AND_EXIT_S + GRACE_MARGIN_S
 
 
+@pytest.mark.parametrize("deployment", WORKERS, ids=name_of)
+def test_worker_metrics_are_scraped_and_its_threads_follow_the_cpu_limit(
+    deployment: Obj,
+) -> None:
+    """Each worker serves its own /metrics on QUEUENET_METRICS_PORT, the port its pod
+    annotations give Prometheus; TensorFlow's and LiteRT's threads are the CPU limit, not the
+    node's cores."""
+    worker = container(deployment)
+    settings = worker_settings(deployment)
+    (port,) = worker["ports"]
+    assert port["name"] == "metrics" and port["containerPort"] == settings.metrics_port > 0
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/path"] == METRICS_PATH
+    assert annotations["prometheus.io/port"] == str(settings.metrics_port)
+    limit = math.ceil(quantity(worker["resources"]["limits"]["cpu"]))
+    assert settings.runtime_threads == settings.tf_intra_op_threads == limit
+
+
 def memory(value: str) -> float:
     """A Kubernetes memory quantity in bytes: "1536Mi", "2Gi"."""
     units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
