@@ -27,6 +27,15 @@ logger = logging.getLogger(__name__)
 
 MAX_CLAIM = 1024
 """Upper bound on items claimed at once."""
+# Registration on claim: a claim first adds the worker to its version's set of workers (SADD,
+# on the same connection, so the claim only happens on a server that has the registration).
+# Heartbeats register too, but a Redis that lost its data (a restart without persistence, a
+# failover to a lagging replica) forgets the worker until its next beat; a worker that claimed
+# in between and died before that beat would leave a processing list nobody takes back, for
+# the sweep (WorkerRegistry.requeue_dead_workers) looks only at registered workers. Registered
+# but without a heartbeat, a live worker may be presumed dead for a moment: its items are then
+# requeued and its own answer refused (the owner token), never written twice.
+
 FILL_SAFETY_MARGIN_S = 1
 """Seconds a batch-fill BLMOVE's server-side bound lies beyond the wait asked for, should its
 CLIENT UNBLOCK ever not arrive."""
@@ -204,11 +213,13 @@ class Queue:
         """
         keys = self.keys.queue(), self.keys.processing(worker_name)
         with self.client.pipeline(transaction=False) as pipe:
+            # Registration on claim (above).
+            pipe.sadd(self.keys.workers(), worker_name)
             # redis-py types the timeout as int; the server takes seconds with millisecond
             # resolution, and redis-py passes a float through.
             pipe.blmove(*keys, round(timeout_s, 3), "LEFT", "RIGHT")  # type: ignore[arg-type]
             pipe.llen(keys[0])
-            first, queued = pipe.execute()
+            _, first, queued = pipe.execute()
         return self._and_the_rest(worker_name, first, int(queued), max_items)
 
     def _move_and_claim_within(

@@ -277,6 +277,10 @@ class ShardedQueue:
                     conn.send_command("CLIENT", "ID")
                     conn._queuenet_client_id = (id(conn._sock), int(conn.read_response()))
                 wait.client_id = conn._queuenet_client_id[1]
+                # Registration on claim (protocol/queue.py); its reply is
+                # read now, so that the next reply on this connection is the BLMOVE's.
+                conn.send_command("SADD", queue.keys.workers(), worker_name)
+                conn.read_response()
                 conn.send_command(
                     "BLMOVE",
                     queue.keys.queue(),

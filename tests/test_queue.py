@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Sequence
@@ -339,3 +340,20 @@ def test_push_over_the_bound_that_a_worker_raced_stays_whole(
     assert queue.push([b"x", b"y"], max_queue=1)
     assert registry.held_items("w1") == [b"a", b"x"]
     assert queue.items() == [b"y"]
+
+
+def test_a_worker_that_claims_after_redis_lost_its_data_can_be_taken_back(
+    queue: Queue, registry: WorkerRegistry
+) -> None:
+    """Redis restarted empty: the worker's registration is gone until its next beat. It claims
+    (registering with the claim) and dies before beating: the sweep must still find its
+    processing list and put the items back."""
+    registry.beat("w1", b"{}", ttl_s=30, owner_token=TOKEN)
+    queue.client.flushdb()  # the restart: no registration, no heartbeat
+    items = fill(queue, 3)
+    claimed = queue.block_claim("w1", 8, block_timeout_s=1, batch_wait_s=0)
+    assert claimed == items and "w1" in registry.registered()
+    # w1 dies here, without a beat; another worker's sweep takes its items back.
+    assert registry.requeue_dead_workers(exclude="w2") == 3
+    assert [json.loads(item)["n"] for item in queue.items()] == [0, 1, 2]
+    assert registry.held("w1") == 0

@@ -219,3 +219,19 @@ def test_answers_go_back_to_each_items_shard(backend: Backend) -> None:
         assert queue.wait_result(shard, f"{shard:032x}", 1.0) == f"answer-{shard}".encode()
         assert queue.wait_result((shard + 1) % 3, f"{shard:032x}", 0.05) is None
     assert registry.held("w") == 0
+
+
+def test_a_claim_on_several_shards_registers_the_worker_on_each(backend: Backend) -> None:
+    """The all-shard wait registers the worker with its claim on every shard (a Redis that
+    lost its data forgets a worker until its next beat: the sweep must still find what it
+    holds there)."""
+    queue = sharded(backend)
+    registry = ShardedRegistry(backend, Keys("shards"), "m", "1", queue.health)
+    for shard in range(3):
+        queue.queues[shard].push([f"{shard}".encode()], max_queue=UNBOUNDED)
+    claimed = queue.block_claim("w", 8, block_timeout_s=1.0, batch_wait_s=0.0)
+    assert sorted(c.raw for c in claimed) == [b"0", b"1", b"2"]
+    for shard_registry in registry.registries:
+        assert shard_registry.registered() == ["w"]
+    assert registry.requeue_dead_workers(exclude="other") == 3  # no heartbeat: presumed dead
+    assert registry.held("w") == 0
