@@ -178,7 +178,5 @@ def image_to_input(
     but not the reference pixels.
     """
     min_short_side = draft_short_side(card) if jpeg_draft else 0
-    image = decode_image(
-        data, max_pixels=max_pixels, min_short_side=min_short_side, keep_grey=True
-    )
+    image = decode_image(data, max_pixels=max_pixels, min_short_side=min_short_side, keep_grey=True)
     return prepare(image, card)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import os
 import re
 import shutil
@@ -230,11 +231,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup-s", type=float, default=5)
     parser.add_argument("--rate-hz", type=int, default=499, help="samples per second per CPU")
     parser.add_argument("--serve-arg", action="append", default=[], help="passed to serve")
+    parser.add_argument("--json", action="store_true", help="CPU-ms per request as JSON")
     args = parser.parse_args(argv)
     profile = measure(
         args.concurrency, args.duration_s, args.warmup_s, args.rate_hz, args.serve_arg
     )
-    sys.stdout.write(report(profile) + "\n")
+    if args.json:
+        figures = {f"{c}|{name}": ms for (c, name), ms in profile.ms_per_request().items()}
+        sys.stdout.write(
+            json.dumps({"requests": profile.requests, "cores": profile.cores, "ms": figures}) + "\n"
+        )
+    else:
+        sys.stdout.write(report(profile) + "\n")
     return 0
 
 

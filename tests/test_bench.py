@@ -4,6 +4,7 @@ service (gunicorn + a worker with metrics), the codec comparison and the Redis-o
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -300,3 +301,153 @@ def test_decode_bench_stops_when_a_variant_changes_pixels(monkeypatch: pytest.Mo
     monkeypatch.setattr(bench.decode, "variants", shifted)
     with pytest.raises(AssertionError, match="changes the pixels"):
         bench.decode.measure(rounds=1)
+
+
+@pytest.mark.parametrize(
+    ("dso", "symbol", "category"),
+    [
+        ("/x/tensorflow/lite/python/libpywrap_tflite_common.so", "xnn_f32_gemm", "model"),
+        ("/usr/lib/x86_64-linux-gnu/libz.so.1.2.13", "[unknown]", "PNG inflate"),
+        ("/x/PIL/_imaging.cpython-311-x86_64-linux-gnu.so", "_ImagingResampleHorizontal_8bpc",
+         "Pillow: resize"),
+        ("/x/PIL/_imaging.cpython-311-x86_64-linux-gnu.so", "ImagingZipDecode", "Pillow: decoders"),
+        ("/x/PIL/_imaging.cpython-311-x86_64-linux-gnu.so", "ImagingCrop", "Pillow: crop"),
+        ("/x/libpython3.11.so.1.0", "_PyEval_EvalFrameDefault", "Python interpreter"),
+        ("[kernel.kallsyms]", "finish_task_switch.isra.0", "kernel: switching threads"),
+        ("[kernel.kallsyms]", "exc_page_fault", "kernel: page faults"),
+        ("[kernel.kallsyms]", "_copy_to_iter", "kernel: network"),
+        ("/usr/lib/x86_64-linux-gnu/libc.so.6", "__memmove_avx_unaligned", "libc"),
+        ("/x/libjpeg-6dc8d115.so.62.4.0", "decode_mcu", "JPEG decode"),
+        ("/x/something-else.so", "f", "other"),
+    ],
+)  # fmt: skip
+def test_cpu_profile_charges_a_sample_to_what_runs(dso: str, symbol: str, category: str) -> None:
+    from bench.cpu_profile import SAMPLE, categorise
+
+    assert categorise(dso, symbol).name.startswith(category)
+    line = f" 19311/19353      7fe2f5567386 {symbol} ({dso})"
+    match = SAMPLE.match(line)
+    assert match is not None and match["pid"] == "19311" and match["dso"] == dso
+
+
+def test_cpu_profile_bench_measures_the_cpu_of_every_component_under_load(
+    lite0: object, model_cache: Path
+) -> None:
+    """perf on the whole service under 8 clients: the model, decoding and the Python
+    interpreter show up in the right components, and the totals are CPU time (at most the
+    machine's cores for the sampled window)."""
+    if shutil.which("perf") is None:  # .ci/run installs Debian's linux-perf
+        pytest.skip("no perf on PATH (Debian's linux-perf)")
+    env = python_env({"QUEUENET_MODEL_CACHE_DIR": str(model_cache)})
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.cpu_profile", "--concurrency", "8", "--duration-s", "4",
+         "--warmup-s", "3", "--json"],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    ms = figures["ms"]
+    assert ms["worker|model (LiteRT, XNNPACK)"] > 1.0, ms
+    decoding = [k for k in ms if k.startswith("web|") and ("decode" in k or "inflate" in k)]
+    assert sum(ms[k] for k in decoding) > 0.5, ms
+    assert ms["web|Pillow: resize"] > 0.2 and ms["web|Python interpreter"] > 0.1, ms
+    assert not any(k.startswith("web|model") for k in ms), ms  # the web tier runs no model
+    total_s = sum(ms.values()) * figures["requests"] / 1000
+    assert total_s <= figures["cores"] * 4 * 1.1, (total_s, ms)
+
+
+def synthetic_run(ours_c32: float, peer_c32: float, ours_c1_p50: float) -> dict[str, object]:
+    """bench.run's figures, made up: only the arithmetic of its table and verdicts is tested."""
+    bare = {
+        "fastest_runtime": "litert", "bare_pipeline_runtime": "litert", "cores": 2,
+        "litert_batch1_images_per_s": 250.0, "litert_batchn_images_per_s": 300.0,
+        "bare_pipeline_p50_ms": 10.0, "decode_resize_cpu_ms": 6.0,
+        "litert_batchn_cpu_ms_per_image": 6.5, "bare_limit_images_per_s": 160.0,
+    }  # fmt: skip
+    for name in ("tensorflow", "litert", "litert_int8"):
+        bare |= {f"{name}_batch1_images_per_s": 100.0, f"{name}_batchn_images_per_s": 200.0,
+                 f"{name}_batch1_ratio": 1.0, f"{name}_batchn_ratio": 1.0,
+                 f"{name}_max_abs_dp": 0.0, f"{name}_top1_agreement": 1.0}  # fmt: skip
+
+    def system(c1_p50: float, c32: float, role: str) -> dict[str, dict[str, object]]:
+        runs: dict[str, dict[str, object]] = {}
+        for c, rate in (("1", 1000 / c1_p50), ("8", c32 * 0.9), ("32", c32)):
+            runs[c] = {
+                "requests_per_s": rate, "p50_ms": c1_p50 if c == "1" else 100.0, "p99_ms": 500.0,
+                "top1_checked": 100, "top1_correct": 100 if role != "peer" else 99,
+                "errors": {}, "mean_batch": 4.0, "client_cpu_cores": 0.02,
+                f"rss_mb_{role}": 150.0, f"rss_mb_{role}_total": 300.0,
+                f"cpu_ms_per_req_{role}": 10.0,
+            }  # fmt: skip
+            if role == "worker":
+                for other in ("web", "redis"):
+                    runs[c] |= {f"rss_mb_{other}": 120.0, f"cpu_ms_per_req_{other}": 5.0}
+        return runs
+
+    return {
+        "batch_size": 32,
+        "bare": bare,
+        "paired": {
+            "pairs": 10,
+            "bare_p50_ms": 10.0,
+            "service_p50_ms": 12.5,
+            "difference_p50_ms": 2.5,
+        },  # fmt: skip
+        "systems": {
+            "QueueNet": system(ours_c1_p50, ours_c32, "worker"),
+            "BentoML peer": system(30.0, peer_c32, "peer"),
+        },
+    }
+
+
+def test_bench_run_table_says_which_targets_are_met() -> None:
+    from bench.run import table
+
+    text = table(synthetic_run(ours_c32=100.0, peer_c32=60.0, ours_c1_p50=14.0))
+    assert "| QueueNet | 71.4 | 14.0 | 90.0 | 100.0 | 500 | 100.0% of 300 |" in text
+    assert "| BentoML peer | 33.3 | 30.0 | 54.0 | 60.0 | 500 | 99.0% of 300 |" in text
+    assert "| bare limit: 2 cores / (6.0 + 6.5 CPU-ms) | | |  | 160 img/s | | |" in text
+    # 100 / 160 = 0.62 of the bare limit: missed; 100 / 60 = 1.67 x the peer: met.
+    assert "QueueNet = 0.62 x the bare limit (target >= 0.8, MISSED)" in text
+    assert "1.67 x the peer's req/s (target >= 1.5, met)" in text
+    assert "QueueNet p50 = 0.47 x the peer's (target <= 0.6, met)" in text
+    assert "bare pipeline p50 = +4.0 ms unpaired (target <= 3, MISSED)" in text
+    assert "median difference +2.5 ms (met)" in text
+    assert "QueueNet: correct top-1 100.00% (met)" in text
+    assert "BentoML peer: correct top-1 99.00% (MISSED)" in text
+    assert "RSS: worker 150 MB (target <= 1200, met), largest web process 120 MB" in text
+    fast = table(synthetic_run(ours_c32=140.0, peer_c32=100.0, ours_c1_p50=20.0))
+    assert "0.88 x the bare limit (target >= 0.8, met)" in fast
+    assert "1.40 x the peer's req/s (target >= 1.5, MISSED)" in fast
+    assert "0.67 x the peer's (target <= 0.6, MISSED)" in fast
+
+
+@pytest.mark.e2e
+def test_bench_run_measures_queuenet_and_the_peer_in_one_run(
+    lite0: object, model_cache: Path, tmp_path: Path
+) -> None:
+    """The whole benchmark, short: the bare model, QueueNet and the BentoML peer (started and
+    stopped with its own script), every answer's top-1 checked for both, the paired latency."""
+    from bench.peer import peer_dir
+
+    if not (peer_dir() / "run.sh").is_file():  # beside the checkout in CI (../shared)
+        pytest.skip(f"no BentoML peer at {peer_dir()} (QUEUENET_PEER_DIR)")
+    env = python_env({"QUEUENET_MODEL_CACHE_DIR": str(model_cache)})
+    figures_path = tmp_path / "figures.json"
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--concurrency", "1,4", "--duration-s", "3",
+         "--warmup-s", "1", "--repeats", "1", "--pairs", "6", "--chart", "",
+         "--json-out", str(figures_path)],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=1500,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    figures = json.loads(figures_path.read_text())
+    for name in ("QueueNet", "BentoML peer"):
+        runs = figures["systems"][name]
+        assert set(runs) == {"1", "4"}
+        for run in runs.values():
+            assert run["errors"] == {} and run["requests_per_s"] > 0
+            assert run["top1_checked"] > 0 and run["top1_correct"] == run["top1_checked"]
+    assert figures["systems"]["BentoML peer"]["4"]["rss_mb_peer"] > 100  # the model's process
+    assert figures["bare"]["bare_limit_images_per_s"] > 0 and figures["paired"]["pairs"] == 6
+    assert "| BentoML peer |" in out.stdout and "x the peer's req/s" in out.stdout

@@ -431,9 +431,7 @@ def test_raw_model_bench_reports_every_runtime(model_cache: Path) -> None:
     fastest = figures["fastest_runtime"]
     assert fastest in ("tensorflow", "litert") and figures["cores"] >= 1
     per_image = figures["decode_resize_cpu_ms"] + figures[f"{fastest}_batchn_cpu_ms_per_image"]
-    assert figures["bare_limit_images_per_s"] == pytest.approx(
-        figures["cores"] * 1000 / per_image
-    )
+    assert figures["bare_limit_images_per_s"] == pytest.approx(figures["cores"] * 1000 / per_image)
     assert figures[f"{fastest}_batchn_cpu_ms_per_image"] == min(
         figures["tensorflow_batchn_cpu_ms_per_image"], figures["litert_batchn_cpu_ms_per_image"]
     )
