@@ -27,14 +27,36 @@ logger = logging.getLogger(__name__)
 
 MAX_CLAIM = 1024
 """Upper bound on items claimed at once."""
-# Registration on claim: a claim first adds the worker to its version's set of workers (SADD,
-# on the same connection, so the claim only happens on a server that has the registration).
-# Heartbeats register too, but a Redis that lost its data (a restart without persistence, a
-# failover to a lagging replica) forgets the worker until its next beat; a worker that claimed
-# in between and died before that beat would leave a processing list nobody takes back, for
-# the sweep (WorkerRegistry.requeue_dead_workers) looks only at registered workers. Registered
-# but without a heartbeat, a live worker may be presumed dead for a moment: its items are then
-# requeued and its own answer refused (the owner token), never written twice.
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What a worker's claim writes first, where missing, on the server it claims from.
+
+    Heartbeats register a worker (its name in the version's set, its owner token, its
+    heartbeat key), but a Redis that lost its data (a restart without persistence, a failover
+    to a lagging replica) forgets all three until the worker's next beat, up to a third of
+    the heartbeat TTL later. A claim in between would go wrong twice over without this: the
+    acknowledgement is refused for want of the owner token, so every item is retried and at
+    last dead-lettered (a 500 for a healthy service), and a worker that died before its beat
+    leaves a processing list the sweep (``WorkerRegistry.requeue_dead_workers``) never sees.
+    So the claim sends, on its own connection just before the BLMOVE, ``SADD`` of the name
+    and ``SET ... NX`` of the owner token and of the heartbeat (with its TTL): a no-op on a
+    server that has them; a name another process owns stays its (NX).
+    """
+
+    owner_token: str
+    heartbeat: bytes
+    """The payload of the worker's last beat."""
+    ttl_s: int
+
+    def commands(self, keys: VersionKeys, worker_name: str) -> list[tuple[str | bytes | int, ...]]:
+        return [
+            ("SADD", keys.workers(), worker_name),
+            ("SET", keys.owner(worker_name), self.owner_token, "NX"),
+            ("SET", keys.heartbeat(worker_name), self.heartbeat, "EX", self.ttl_s, "NX"),
+        ]
+
 
 FILL_SAFETY_MARGIN_S = 1
 """Seconds a batch-fill BLMOVE's server-side bound lies beyond the wait asked for, should its
@@ -180,15 +202,17 @@ class Queue:
         block_timeout_s: float,
         batch_wait_s: float,
         busy: bool = True,
+        registration: Registration | None = None,
     ) -> list[bytes]:
         """Wait up to ``block_timeout_s`` for work, then claim a batch of up to ``max_items``.
 
         Everything already queued is taken at once. If the batch is not full and there is
         traffic (``busy``, or more than one item was waiting), wait at most ``batch_wait_s``
         more for further items (blocking on Redis, never sleeping). A lone request on an idle
-        queue is not held back waiting for company.
+        queue is not held back waiting for company. A worker passes its ``registration``
+        (:class:`Registration`); inspectors and benchmarks claim without one.
         """
-        items = self._move_and_claim(worker_name, max_items, block_timeout_s)
+        items = self._move_and_claim(worker_name, max_items, block_timeout_s, registration)
         if not items or (not busy and len(items) == 1):
             return items
         fill_deadline = time.monotonic() + batch_wait_s
@@ -202,7 +226,13 @@ class Queue:
             items.extend(more)
         return items
 
-    def _move_and_claim(self, worker_name: str, max_items: int, timeout_s: float) -> list[bytes]:
+    def _move_and_claim(
+        self,
+        worker_name: str,
+        max_items: int,
+        timeout_s: float,
+        registration: Registration | None = None,
+    ) -> list[bytes]:
         """BLMOVE one item (waiting up to ``timeout_s``), then claim up to ``max_items - 1``
         more that were queued behind it.
 
@@ -212,14 +242,15 @@ class Queue:
         a rest.
         """
         keys = self.keys.queue(), self.keys.processing(worker_name)
+        registering = registration.commands(self.keys, worker_name) if registration else []
         with self.client.pipeline(transaction=False) as pipe:
-            # Registration on claim (above).
-            pipe.sadd(self.keys.workers(), worker_name)
+            for command in registering:
+                pipe.execute_command(*command)  # type: ignore[no-untyped-call]
             # redis-py types the timeout as int; the server takes seconds with millisecond
             # resolution, and redis-py passes a float through.
             pipe.blmove(*keys, round(timeout_s, 3), "LEFT", "RIGHT")  # type: ignore[arg-type]
             pipe.llen(keys[0])
-            _, first, queued = pipe.execute()
+            *_, first, queued = pipe.execute()
         return self._and_the_rest(worker_name, first, int(queued), max_items)
 
     def _move_and_claim_within(

@@ -28,7 +28,7 @@ import redis
 from protocol.backend import Backend
 from protocol.keys import Keys
 from protocol.messages import ModelCard
-from protocol.queue import FILL_SAFETY_MARGIN_S, Answer, Queue
+from protocol.queue import FILL_SAFETY_MARGIN_S, Answer, Queue, Registration
 from protocol.routing import ModelDirectory
 from protocol.workers import WorkerRegistry
 
@@ -199,6 +199,7 @@ class ShardedQueue:
         block_timeout_s: float,
         batch_wait_s: float,
         busy: bool = True,
+        registration: Registration | None = None,
     ) -> list[Claimed]:
         """Wait up to ``block_timeout_s`` for work on any shard, then claim a batch of up to
         ``max_items`` from every shard that has some, fairly; fill it for up to
@@ -210,9 +211,10 @@ class ShardedQueue:
                 block_timeout_s=block_timeout_s,
                 batch_wait_s=batch_wait_s,
                 busy=busy,
+                registration=registration,
             )
             return [Claimed(0, raw) for raw in items]
-        claimed = self._wait_and_claim(worker_name, max_items, block_timeout_s)
+        claimed = self._wait_and_claim(worker_name, max_items, block_timeout_s, registration)
         if not claimed or (not busy and len(claimed) == 1):
             return claimed
         fill_deadline = time.monotonic() + batch_wait_s
@@ -226,12 +228,18 @@ class ShardedQueue:
             claimed.extend(more)
         return claimed
 
-    def _wait_and_claim(self, worker_name: str, max_items: int, wait_s: float) -> list[Claimed]:
+    def _wait_and_claim(
+        self,
+        worker_name: str,
+        max_items: int,
+        wait_s: float,
+        registration: Registration | None = None,
+    ) -> list[Claimed]:
         """Block on every usable shard at once (one BLMOVE each, on its own connection) until
         one has an item or ``wait_s`` passed; then unblock the others and claim, fairly, what
         each shard has queued (every claim is an atomic LMOVE into the worker's processing
         list on that shard: an item is never only in memory)."""
-        waits = self._send_waits(worker_name, wait_s)
+        waits = self._send_waits(worker_name, wait_s, registration)
         if not waits:
             raise redis.ConnectionError("no shard of the queue answers")
         self._wait_readable(waits, wait_s)
@@ -257,7 +265,9 @@ class ShardedQueue:
             items.extend(Claimed(shard, raw) for raw in more)
         return items
 
-    def _send_waits(self, worker_name: str, wait_s: float) -> list[_Wait]:
+    def _send_waits(
+        self, worker_name: str, wait_s: float, registration: Registration | None
+    ) -> list[_Wait]:
         waits = []
         timeout = math.ceil(wait_s) + FILL_SAFETY_MARGIN_S
         for shard in self.health.usable():
@@ -272,15 +282,21 @@ class ShardedQueue:
             wait = _Wait(shard, queue, node, conn)
             try:
                 conn.connect()  # a no-op when connected; the client id belongs to the socket
+                # Kept with the socket object itself, compared by identity: a reconnected
+                # socket often gets the freed one's address, so an id() would match a stale
+                # client id and CLIENT UNBLOCK would miss.
                 known = getattr(conn, "_queuenet_client_id", None)
-                if known is None or known[0] != id(conn._sock):
+                if known is None or known[0] is not conn._sock:
                     conn.send_command("CLIENT", "ID")
-                    conn._queuenet_client_id = (id(conn._sock), int(conn.read_response()))
+                    conn._queuenet_client_id = (conn._sock, int(conn.read_response()))
                 wait.client_id = conn._queuenet_client_id[1]
-                # Registration on claim (protocol/queue.py); its reply is
+                # Registration on claim (protocol.queue.Registration); its replies are
                 # read now, so that the next reply on this connection is the BLMOVE's.
-                conn.send_command("SADD", queue.keys.workers(), worker_name)
-                conn.read_response()
+                registering = registration.commands(queue.keys, worker_name) if registration else []
+                for command in registering:
+                    conn.send_command(*command)
+                for _ in registering:
+                    conn.read_response()
                 conn.send_command(
                     "BLMOVE",
                     queue.keys.queue(),

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import redis
 
 from protocol.keys import VersionKeys
-from protocol.queue import Answer, Queue
+from protocol.queue import Answer, Queue, Registration
 from protocol.workers import WorkerRegistry
 
 TOKEN = "t" * 32
@@ -342,18 +342,51 @@ def test_push_over_the_bound_that_a_worker_raced_stays_whole(
     assert queue.items() == [b"y"]
 
 
-def test_a_worker_that_claims_after_redis_lost_its_data_can_be_taken_back(
+def test_a_claim_after_redis_lost_its_data_registers_the_worker_again(
     queue: Queue, registry: WorkerRegistry
 ) -> None:
-    """Redis restarted empty: the worker's registration is gone until its next beat. It claims
-    (registering with the claim) and dies before beating: the sweep must still find its
-    processing list and put the items back."""
-    registry.beat("w1", b"{}", ttl_s=30, owner_token=TOKEN)
-    queue.client.flushdb()  # the restart: no registration, no heartbeat
+    """Redis restarted empty: name, owner token and heartbeat are gone until the worker's next
+    beat. A claim in between brings all three back, so its answer is not refused (without the
+    owner token every item would be retried and at last dead-lettered: 500s from a healthy
+    service), the sweep leaves a live worker alone, and once the worker dies (its heartbeat
+    expires) the sweep finds what it held."""
+    registry.beat("w1", b"{}", ttl_s=1, owner_token=TOKEN)
+    queue.client.flushdb()  # the restart: no registration, no owner token, no heartbeat
     items = fill(queue, 3)
-    claimed = queue.block_claim("w1", 8, block_timeout_s=1, batch_wait_s=0)
-    assert claimed == items and "w1" in registry.registered()
-    # w1 dies here, without a beat; another worker's sweep takes its items back.
+    registration = Registration(TOKEN, b'{"name": "w1"}', ttl_s=1)
+    claimed = queue.block_claim(
+        "w1", 8, block_timeout_s=1, batch_wait_s=0, registration=registration
+    )
+    assert claimed == items and registry.registered() == ["w1"]
+    assert registry.owner("w1") == TOKEN.encode()
+    assert registry.live_workers() == ["w1"]
+    assert registry.requeue_dead_workers(exclude="w2") == 0  # alive: left alone
+    answers = [Answer(raw, f"{i:032x}", b"ok") for i, raw in enumerate(claimed)]
+    assert queue.answer("w1", claimed, answers, owner_token=TOKEN, result_ttl_s=30) == 3
+
+    # Flushed again; w1 claims and dies before its next beat: the sweep takes its items back
+    # once the heartbeat the claim set has expired.
+    queue.client.flushdb()
+    items = fill(queue, 3)
+    assert (
+        queue.block_claim("w1", 8, block_timeout_s=1, batch_wait_s=0, registration=registration)
+        == items
+    )
+    time.sleep(1.1)
     assert registry.requeue_dead_workers(exclude="w2") == 3
     assert [json.loads(item)["n"] for item in queue.items()] == [0, 1, 2]
     assert registry.held("w1") == 0
+
+
+def test_a_claim_never_takes_a_name_another_process_owns(
+    queue: Queue, registry: WorkerRegistry
+) -> None:
+    """The owner token is set only where missing: a process that took the name over keeps it,
+    and the old process's answer is still refused."""
+    registry.take_over("w1", "new-owner")
+    items = fill(queue, 2)
+    old = Registration(TOKEN, b"{}", ttl_s=30)
+    claimed = queue.block_claim("w1", 8, block_timeout_s=1, batch_wait_s=0, registration=old)
+    assert claimed == items and registry.owner("w1") == b"new-owner"
+    answers = [Answer(raw, f"{i:032x}", b"ok") for i, raw in enumerate(claimed)]
+    assert queue.answer("w1", claimed, answers, owner_token=TOKEN, result_ttl_s=30) == 0

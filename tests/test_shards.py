@@ -15,7 +15,7 @@ import pytest
 
 from protocol.backend import Backend, connect_backend
 from protocol.keys import Keys
-from protocol.queue import Answer
+from protocol.queue import Answer, Registration
 from protocol.settings import RedisSettings
 from protocol.shards import DOWN_S, ShardedQueue, ShardedRegistry, ShardHealth
 from protocol.topology import Node, TopologyError, parse
@@ -223,15 +223,50 @@ def test_answers_go_back_to_each_items_shard(backend: Backend) -> None:
 
 def test_a_claim_on_several_shards_registers_the_worker_on_each(backend: Backend) -> None:
     """The all-shard wait registers the worker with its claim on every shard (a Redis that
-    lost its data forgets a worker until its next beat: the sweep must still find what it
-    holds there)."""
+    lost its data forgets a worker until its next beat): its answers are acknowledged there,
+    and once its heartbeat expires the sweep finds what it holds on each shard."""
     queue = sharded(backend)
     registry = ShardedRegistry(backend, Keys("shards"), "m", "1", queue.health)
+    registration = Registration("token", b"{}", ttl_s=1)
     for shard in range(3):
         queue.queues[shard].push([f"{shard}".encode()], max_queue=UNBOUNDED)
-    claimed = queue.block_claim("w", 8, block_timeout_s=1.0, batch_wait_s=0.0)
+    claimed = queue.block_claim(
+        "w", 8, block_timeout_s=1.0, batch_wait_s=0.0, registration=registration
+    )
     assert sorted(c.raw for c in claimed) == [b"0", b"1", b"2"]
     for shard_registry in registry.registries:
-        assert shard_registry.registered() == ["w"]
-    assert registry.requeue_dead_workers(exclude="other") == 3  # no heartbeat: presumed dead
+        assert shard_registry.registered() == ["w"] and shard_registry.owner("w") == b"token"
+        assert shard_registry.live_workers() == ["w"]
+    assert registry.requeue_dead_workers(exclude="other") == 0  # alive
+    time.sleep(1.1)  # w dies without a beat
+    assert registry.requeue_dead_workers(exclude="other") == 3
     assert registry.held("w") == 0
+    # The sweep dropped w's name and owner token; claiming its items again registers it anew.
+    claimed = queue.block_claim(
+        "w", 8, block_timeout_s=1.0, batch_wait_s=0.0, registration=registration
+    )
+    answers = [Answer(c.raw, f"{c.shard:032x}", b"ok") for c in claimed]
+    acked, _ = queue.answer("w", claimed, answers, owner_token="token", result_ttl_s=9)
+    assert acked == 3
+
+
+def test_a_reconnected_shard_wait_is_still_unblocked_at_once(backend: Backend) -> None:
+    """Every claim blocks on all shards and unblocks the idle ones (CLIENT UNBLOCK by client
+    id) once one has an item. After a connection is dropped and made again (a failover makes
+    redis-py reconnect), the id must be the new connection's: a stale one unblocks nothing,
+    and every claim then waits out the BLMOVE's server-side bound (2 s here) on the idle
+    shards, which stalled the whole service after a Redis Cluster failover. (CPython hands
+    the new socket object the freed one's address, so its ``id()`` is no sign of a new
+    connection.)"""
+    queue = sharded(backend)
+    for attempt in range(4):
+        queue.queues[0].push([f"{attempt}".encode()], max_queue=UNBOUNDED)
+        started = time.monotonic()
+        claimed = queue.block_claim("w", 8, block_timeout_s=0.3, batch_wait_s=0.0, busy=False)
+        took_s = time.monotonic() - started
+        assert [c.raw for c in claimed] == [f"{attempt}".encode()]
+        assert took_s < 1.0, f"claim {attempt} took {took_s:.2f}s after a reconnection"
+        for server in backend.servers:  # each connection dropped and made again, one by one
+            for conn in list(server.connection_pool._available_connections):
+                conn.disconnect()
+                conn.connect()

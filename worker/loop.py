@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 import redis
 
-from protocol.queue import Answer
+from protocol.queue import Answer, Registration
 from protocol.routing import ModelDirectory
 from protocol.shards import SHARD_ERRORS, Claimed, ShardedQueue, ShardedRegistry
 from worker import metrics
@@ -59,6 +59,9 @@ class Worker:
         self.clock = clock
         self._stop = threading.Event()
         self._next_beat = 0.0
+        self._registration: Registration | None = None
+        """Sent with every claim (from the last beat): a Redis that lost its data knows the
+        worker again before it takes anything."""
         self._backoff_s = BACKOFF_INITIAL_S
         self._started = False
         self.batches_done = 0
@@ -126,6 +129,7 @@ class Worker:
             block_timeout_s=self._block_timeout_s(),
             batch_wait_s=self.settings.batch_wait_ms / 1000.0,
             busy=self._last_batch_size > 1,
+            registration=self._registration,
         )
         self._last_batch_size = len(items)
         return items
@@ -244,6 +248,7 @@ class Worker:
         self.registry.beat(
             self.name, payload, ttl_s=self.settings.heartbeat_ttl_s, owner_token=self.owner_token
         )
+        self._registration = Registration(self.owner_token, payload, self.settings.heartbeat_ttl_s)
         self.registry.requeue_dead_workers(exclude=self.name)
         # Card and catalog entry may have been lost with a Redis restart; both are cheap.
         self.registry.publish_card(self.model.card)
