@@ -14,7 +14,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.procs import session_members
+from bench.procs import descendants, session_members
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PEER_DIR = ROOT.parent / "shared" / "peers" / "bentoml"
@@ -35,7 +35,7 @@ def peer_dir() -> Path:
 
 @dataclass
 class Peer:
-    """A running peer: its URL and the session of its processes."""
+    """A running peer: its URL and the process its script started (in a session of its own)."""
 
     url: str
     session_id: int
@@ -62,7 +62,11 @@ class Peer:
         return cls(f"http://127.0.0.1:{port}", int(pid), directory, env)
 
     def pids(self) -> set[int]:
-        return session_members(self.session_id)
+        """Every process of the peer: BentoML's arbiter (the session leader) and its service
+        workers, which call setsid themselves (so they are found as its children, not as
+        members of its session), and anything else left in the session."""
+        leader = {self.session_id}
+        return leader | descendants(self.session_id) | session_members(self.session_id)
 
     def stop(self) -> None:
         subprocess.run(
