@@ -15,7 +15,12 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from app.auth import EXEMPT_PATHS
-from app.openapi_protocols import protocol_paths, protocol_responses, protocol_schemas
+from app.openapi_protocols import (
+    path_parameter,
+    protocol_paths,
+    protocol_responses,
+    protocol_schemas,
+)
 from app.protocols import QUEUENET, protocol_of
 from app.settings import AppSettings
 
@@ -147,9 +152,9 @@ def _predict(settings: AppSettings, *, model: bool = False, version: bool = Fals
         )
     else:
         operation_id, which = "predict", "the default model"
-    path_parameters = [_path_parameter("name", "A model name (`GET /models`).")] if model else []
+    path_parameters = [path_parameter("name", "A model name (`GET /models`).")] if model else []
     if version:
-        path_parameters.append(_path_parameter("version", "A version of that model."))
+        path_parameters.append(path_parameter("version", "A version of that model."))
     return {
         "operationId": operation_id,
         "tags": ["predict"],
@@ -257,16 +262,6 @@ def _predict_body(settings: AppSettings) -> dict[str, Any]:
     }
 
 
-def _path_parameter(name: str, description: str) -> Schema:
-    return {
-        "name": name,
-        "in": "path",
-        "required": True,
-        "description": description,
-        "schema": {"type": "string"},
-    }
-
-
 def _list_models() -> dict[str, Any]:
     return {
         "operationId": "listModels",
@@ -292,7 +287,7 @@ def _show_model() -> dict[str, Any]:
         "operationId": "showModel",
         "tags": ["models"],
         "summary": "One model and its versions",
-        "parameters": [_path_parameter("name", "A model name.")],
+        "parameters": [path_parameter("name", "A model name.")],
         "responses": {
             "200": {
                 "description": "The model.",

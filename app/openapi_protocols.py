@@ -24,13 +24,14 @@ def _ref(kind: str, name: str) -> dict[str, str]:
 
 
 def _model(version: bool) -> list[Schema]:
-    parameters = [_path("model", "A model name (`GET /models`).")]
+    parameters = [path_parameter("model", "A model name (`GET /models`).")]
     if version:
-        parameters.append(_path("version", "A version of that model."))
+        parameters.append(path_parameter("version", "A version of that model."))
     return parameters
 
 
-def _path(name: str, description: str) -> Schema:
+def path_parameter(name: str, description: str) -> Schema:
+    """A required string parameter in the URL path (both documents use it)."""
     return {
         "name": name,
         "in": "path",

@@ -16,14 +16,17 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import redis
 
 from protocol.keys import VersionKeys
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 MAX_CLAIM = 1024
 """Upper bound on items claimed at once."""
@@ -105,6 +108,32 @@ class Answer:
     """Also move the raw item to the dead-letter list."""
     retry: bytes = b""
     """A new message to put back at the head of the queue (a retry with attempts raised)."""
+
+
+def fill_batch(
+    items: list[T],
+    max_items: int,
+    *,
+    batch_wait_s: float,
+    busy: bool,
+    claim_within: Callable[[int, float], list[T]],
+) -> list[T]:
+    """The batch-fill policy of every queue: ``items`` were claimed at once; unless that is
+    nothing, or a lone item on an idle queue (not ``busy``), claim more with
+    ``claim_within(room, left_s)`` until the batch is full, a claim comes back empty or
+    ``batch_wait_s`` has passed."""
+    if not items or (not busy and len(items) == 1):
+        return items
+    fill_deadline = time.monotonic() + batch_wait_s
+    while len(items) < max_items:
+        left_s = fill_deadline - time.monotonic()
+        if left_s < 0.001:
+            break
+        more = claim_within(max_items - len(items), left_s)
+        if not more:
+            break
+        items.extend(more)
+    return items
 
 
 class Queue:
@@ -213,18 +242,15 @@ class Queue:
         (:class:`Registration`); inspectors and benchmarks claim without one.
         """
         items = self._move_and_claim(worker_name, max_items, block_timeout_s, registration)
-        if not items or (not busy and len(items) == 1):
-            return items
-        fill_deadline = time.monotonic() + batch_wait_s
-        while len(items) < max_items:
-            left_s = fill_deadline - time.monotonic()
-            if left_s < 0.001:
-                break
-            more = self._move_and_claim_within(worker_name, max_items - len(items), left_s)
-            if not more:
-                break
-            items.extend(more)
-        return items
+        return fill_batch(
+            items,
+            max_items,
+            batch_wait_s=batch_wait_s,
+            busy=busy,
+            claim_within=lambda room, left_s: self._move_and_claim_within(
+                worker_name, room, left_s
+            ),
+        )
 
     def _move_and_claim(
         self,

@@ -28,7 +28,7 @@ import redis
 from protocol.backend import Backend
 from protocol.keys import Keys
 from protocol.messages import ModelCard
-from protocol.queue import FILL_SAFETY_MARGIN_S, Answer, Queue, Registration
+from protocol.queue import FILL_SAFETY_MARGIN_S, Answer, Queue, Registration, fill_batch
 from protocol.routing import ModelDirectory
 from protocol.workers import WorkerRegistry
 
@@ -215,18 +215,13 @@ class ShardedQueue:
             )
             return [Claimed(0, raw) for raw in items]
         claimed = self._wait_and_claim(worker_name, max_items, block_timeout_s, registration)
-        if not claimed or (not busy and len(claimed) == 1):
-            return claimed
-        fill_deadline = time.monotonic() + batch_wait_s
-        while len(claimed) < max_items:
-            left_s = fill_deadline - time.monotonic()
-            if left_s < 0.001:
-                break
-            more = self._wait_and_claim(worker_name, max_items - len(claimed), left_s)
-            if not more:
-                break
-            claimed.extend(more)
-        return claimed
+        return fill_batch(
+            claimed,
+            max_items,
+            batch_wait_s=batch_wait_s,
+            busy=busy,
+            claim_within=lambda room, left_s: self._wait_and_claim(worker_name, room, left_s),
+        )
 
     def _wait_and_claim(
         self,

