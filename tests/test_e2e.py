@@ -95,6 +95,23 @@ def test_cat_photo_top1_is_a_cat(stack: Stack, data_dir: Path) -> None:
     assert probabilities == sorted(probabilities, reverse=True)
 
 
+def test_the_readmes_example_answer_is_the_services(stack: Stack, data_dir: Path) -> None:
+    """The answer "Using the API" shows for chelsea.png: the same model, labels, indices and
+    probabilities (to its 4 decimals), so the example cannot go stale."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Using the API") :]
+    shown = re.search(r"```json\n(.*?)\n```", section, flags=re.S)
+    assert shown is not None
+    text = shown.group(1)
+    served = _post(stack.url, data_dir / "chelsea.png").json()
+    assert f'"name": "{served["model"]["name"]}", "version": "{served["model"]["version"]}"' in text
+    rows = re.findall(r'\{"label": "([^"]+)", "probability": ([0-9.]+), "index": (\d+)\}', text)
+    assert len(rows) == 3
+    for (label, probability, index), answer in zip(rows, served["predictions"], strict=False):
+        assert (label, int(index)) == (answer["label"], answer["index"])
+        assert float(probability) == round(answer["probability"], 4)
+
+
 def test_coffee_photo_top1_is_espresso(stack: Stack, data_dir: Path) -> None:
     body = _post(stack.url, data_dir / "coffee.png", top_k=3).json()
     assert [p["index"] for p in body["predictions"]][0] == ESPRESSO
