@@ -43,9 +43,10 @@ class Registration:
     acknowledgement is refused for want of the owner token, so every item is retried and at
     last dead-lettered (a 500 for a healthy service), and a worker that died before its beat
     leaves a processing list the sweep (``WorkerRegistry.requeue_dead_workers``) never sees.
-    So the claim sends, on its own connection just before the BLMOVE, ``SADD`` of the name
-    and ``SET ... NX`` of the owner token and of the heartbeat (with its TTL): a no-op on a
-    server that has them; a name another process owns stays its (NX).
+    So the claim sends, on its own connection just before the BLMOVE, ``SET ... NX`` of the
+    heartbeat (with its TTL) and of the owner token, and ``SADD`` of the name: a no-op on a
+    server that has them; a name another process owns stays its (NX), and a heartbeat is
+    never extended by a claim (a dead worker is still found when its TTL runs out).
     """
 
     owner_token: str
@@ -54,10 +55,13 @@ class Registration:
     ttl_s: int
 
     def commands(self, keys: VersionKeys, worker_name: str) -> list[tuple[str | bytes | int, ...]]:
+        # Heartbeat first, name last: a sweep in between (the commands are not one
+        # transaction) then finds a live worker, or none, never a registered one that it
+        # would presume dead.
         return [
-            ("SADD", keys.workers(), worker_name),
-            ("SET", keys.owner(worker_name), self.owner_token, "NX"),
             ("SET", keys.heartbeat(worker_name), self.heartbeat, "EX", self.ttl_s, "NX"),
+            ("SET", keys.owner(worker_name), self.owner_token, "NX"),
+            ("SADD", keys.workers(), worker_name),
         ]
 
 

@@ -263,7 +263,7 @@ class ShardedQueue:
     def _send_waits(
         self, worker_name: str, wait_s: float, registration: Registration | None
     ) -> list[_Wait]:
-        waits = []
+        waits: list[_Wait] = []
         timeout = math.ceil(wait_s) + FILL_SAFETY_MARGIN_S
         for shard in self.health.usable():
             queue = self.queues[shard]
@@ -277,6 +277,10 @@ class ShardedQueue:
             wait = _Wait(shard, queue, node, conn)
             try:
                 conn.connect()  # a no-op when connected; the client id belongs to the socket
+                # redis-py PINGs a connection idle for its health-check interval inside the
+                # next send and reconnects quietly if that fails: do it now, before the
+                # client id is read, not in the middle of the wait's commands.
+                conn.check_health()
                 # Kept with the socket object itself, compared by identity: a reconnected
                 # socket often gets the freed one's address, so an id() would match a stale
                 # client id and CLIENT UNBLOCK would miss.
@@ -301,9 +305,18 @@ class ShardedQueue:
                     timeout,
                 )
                 conn.send_command("LLEN", queue.keys.queue())
+                if conn._queuenet_client_id[0] is not conn._sock:
+                    raise redis.ConnectionError("the connection was remade under the wait")
             except SHARD_ERRORS as exc:
                 self._drop(wait, exc)
                 continue
+            except BaseException:
+                # An error reply (WRONGTYPE, NOPERM, MOVED...) or an interruption: no
+                # connection goes back to the pool half-read, none stays checked out.
+                self._drop(wait, None)
+                for sent in waits:
+                    self._drop(sent, None)
+                raise
             waits.append(wait)
         return waits
 

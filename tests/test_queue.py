@@ -378,15 +378,19 @@ def test_a_claim_after_redis_lost_its_data_registers_the_worker_again(
     assert registry.held("w1") == 0
 
 
-def test_a_claim_never_takes_a_name_another_process_owns(
+def test_a_claim_never_takes_a_name_or_heartbeat_another_process_owns(
     queue: Queue, registry: WorkerRegistry
 ) -> None:
     """The owner token is set only where missing: a process that took the name over keeps it,
     and the old process's answer is still refused."""
     registry.take_over("w1", "new-owner")
+    registry.beat("w1", b"new", ttl_s=5, owner_token="new-owner")
     items = fill(queue, 2)
-    old = Registration(TOKEN, b"{}", ttl_s=30)
+    old = Registration(TOKEN, b"old", ttl_s=30)
     claimed = queue.block_claim("w1", 8, block_timeout_s=1, batch_wait_s=0, registration=old)
     assert claimed == items and registry.owner("w1") == b"new-owner"
+    # Nor does a claim touch a heartbeat that is there (nor extend it).
+    heartbeat = queue.keys.heartbeat("w1")
+    assert queue.client.get(heartbeat) == b"new" and queue.client.ttl(heartbeat) <= 5
     answers = [Answer(raw, f"{i:032x}", b"ok") for i, raw in enumerate(claimed)]
     assert queue.answer("w1", claimed, answers, owner_token=TOKEN, result_ttl_s=30) == 0

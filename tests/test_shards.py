@@ -8,10 +8,12 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import redis
 
 from protocol.backend import Backend, connect_backend
 from protocol.keys import Keys
@@ -270,3 +272,57 @@ def test_a_reconnected_shard_wait_is_still_unblocked_at_once(backend: Backend) -
             for conn in list(server.connection_pool._available_connections):
                 conn.disconnect()
                 conn.connect()
+
+
+def fail_the_next_ping_once(conn: Any) -> None:
+    """The connection's next PING raises as if the peer had gone silently."""
+    ping: Callable[[], None] = conn._send_ping
+    failed: list[bool] = []
+
+    def once() -> None:
+        if not failed:
+            failed.append(True)
+            raise redis.ConnectionError("the PING got no answer")
+        ping()
+
+    conn._send_ping = once
+
+
+def test_a_connection_remade_by_the_health_check_gets_its_new_client_id(backend: Backend) -> None:
+    """redis-py PINGs a connection idle for its health-check interval inside the next send and
+    reconnects quietly when the PING fails (a peer gone silently: no EOF for the pool to see).
+    The wait runs that check first, so its client id is the new connection's: no 2 s stall on
+    a stale CLIENT UNBLOCK, and no shard left out for it."""
+    queue = sharded(backend)
+    assert queue.block_claim("w", 8, block_timeout_s=0.2, batch_wait_s=0.0) == []
+    for server in backend.servers:  # each wait's connection: PING due, and its PING fails once
+        for conn in list(server.connection_pool._available_connections):
+            if getattr(conn, "_queuenet_client_id", None) is None:
+                continue
+            fail_the_next_ping_once(conn)
+            conn.next_health_check = 0
+    queue.queues[0].push([b"after"], max_queue=UNBOUNDED)
+    started = time.monotonic()
+    claimed = queue.block_claim("w", 8, block_timeout_s=0.3, batch_wait_s=0.0, busy=False)
+    took_s = time.monotonic() - started
+    assert [c.raw for c in claimed] == [b"after"]
+    assert took_s < 1.0, f"the claim took {took_s:.2f}s"
+    assert queue.health.usable() == [0, 1, 2]
+
+
+def test_an_error_reply_in_the_wait_leaves_no_connection_checked_out(backend: Backend) -> None:
+    """A shard answering the wait's commands with an error (here WRONGTYPE: the worker set is
+    a string) raises, and every connection the wait took goes back to its pool, closed."""
+    queue = sharded(backend)
+    registration = Registration("token", b"{}", ttl_s=5)
+    queue.queues[1].client.set(queue.queues[1].keys.workers(), b"not a set")
+    with pytest.raises(redis.ResponseError):
+        queue.block_claim("w", 8, block_timeout_s=0.3, batch_wait_s=0.0, registration=registration)
+    for server in backend.servers:
+        assert not server.connection_pool._in_use_connections
+    queue.queues[1].client.delete(queue.queues[1].keys.workers())
+    queue.queues[2].push([b"x"], max_queue=UNBOUNDED)
+    claimed = queue.block_claim(
+        "w", 8, block_timeout_s=0.3, batch_wait_s=0.0, registration=registration
+    )
+    assert [c.raw for c in claimed] == [b"x"]

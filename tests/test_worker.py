@@ -224,3 +224,25 @@ def test_a_restarted_worker_takes_back_its_own_leftovers(
     worker.run(max_batches=1)
     assert all(result(queue, job).predictions[0].label == "green" for job in jobs)
     assert worker.registry.held(worker.name) == 0
+
+
+def test_a_worker_answers_at_once_after_redis_lost_its_data(
+    make_worker: Callable[..., Worker], queue: Queue, registry: WorkerRegistry
+) -> None:
+    """Redis restarted empty while the worker ran; its next beat is 10 s away. Its claims
+    register it again (name, owner token, heartbeat), so the request is answered, not
+    refused at acknowledgement, retried and dead-lettered."""
+    worker = make_worker(heartbeat_ttl_s=30)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: registry.card() is not None, 10, "the model card")
+        queue.client.flushdb()
+        job = enqueue(queue, (5, 240, 5))
+        answer = decode_result(queue.wait_result(job, 5.0) or b"no answer")
+        assert answer.predictions and answer.predictions[0].label == "green", answer
+        assert registry.owner(worker.name) == worker.owner_token.encode()
+        assert registry.live_workers() == [worker.name] and registry.dead_letters() == 0
+    finally:
+        worker.request_stop()
+        thread.join(timeout=10)
