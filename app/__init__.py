@@ -12,7 +12,7 @@ import time
 
 from flask import Flask, Response, g, request
 
-from app import demo, metrics
+from app import components, demo, metrics
 from app.auth import require_api_keys
 from app.errors import register_error_handlers
 from app.memory import limit_malloc_arenas
@@ -41,13 +41,14 @@ def create_app(settings: AppSettings | None = None) -> Flask:
     backend = connect_backend(settings.redis, blocking_timeout_s=settings.predict_timeout_s)
     keys = backend.keys(settings.redis.namespace)
     health = ShardHealth(backend.shards)
-    app.extensions["queuenet.backend"] = backend
-    app.extensions["queuenet.settings"] = settings
-    app.extensions["queuenet.router"] = ModelRouter(
-        directory_for(backend, keys), backend, keys, default_model=settings.default_model
-    )
-    app.extensions["queuenet.service"] = PredictionService(
-        backend, keys, max_queue=settings.max_queue, health=health
+    components.install(
+        app,
+        backend=backend,
+        settings=settings,
+        router=ModelRouter(
+            directory_for(backend, keys), backend, keys, default_model=settings.default_model
+        ),
+        service=PredictionService(backend, keys, max_queue=settings.max_queue, health=health),
     )
     app.register_blueprint(bp)
     app.register_blueprint(models_bp)

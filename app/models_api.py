@@ -4,27 +4,21 @@ and which model ``POST /predict`` serves."""
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, Response, jsonify
 
+from app import components
 from app.errors import ModelNotFoundError
 from app.redis_errors import redis_errors_as_503
-from app.routing import ModelRouter
-from app.settings import AppSettings
 from protocol.status import catalog_status
 
 bp = Blueprint("models", __name__)
 
 
-def _router() -> ModelRouter:
-    router: ModelRouter = current_app.extensions["queuenet.router"]
-    return router
-
-
 @bp.get("/models")
 def list_models() -> Response:
-    settings: AppSettings = current_app.extensions["queuenet.settings"]
+    settings = components.settings()
     with redis_errors_as_503():
-        catalog, models = catalog_status(_router().backend, _router().keys)
+        catalog, models = catalog_status(components.router().backend, components.router().keys)
     return jsonify(
         {
             "default": settings.default_model or catalog.default,
@@ -36,7 +30,7 @@ def list_models() -> Response:
 @bp.get("/models/<name>")
 def show_model(name: str) -> Response:
     with redis_errors_as_503():
-        catalog, models = catalog_status(_router().backend, _router().keys)
+        catalog, models = catalog_status(components.router().backend, components.router().keys)
     for model in models:
         if model.name == name:
             return jsonify(model.to_json())

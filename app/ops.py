@@ -6,29 +6,24 @@ from __future__ import annotations
 from typing import Any
 
 import redis
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, Response, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from app import components
 from app.metrics import render
 from app.openapi import openapi_document
 from app.routing import ModelRouter
-from app.settings import AppSettings
 from protocol.status import version_status
 
 bp = Blueprint("ops", __name__)
-
-
-def _router() -> ModelRouter:
-    router: ModelRouter = current_app.extensions["queuenet.router"]
-    return router
 
 
 @bp.get("/readyz")
 def readyz() -> Response:
     """200 only when this replica can serve the default model now; 503 says which check
     failed."""
-    settings: AppSettings = current_app.extensions["queuenet.settings"]
-    checks = readiness_checks(_router(), settings.max_queue)
+    settings = components.settings()
+    checks = readiness_checks(components.router(), settings.max_queue)
     ready = all(check["ok"] for check in checks.values())
     response = jsonify({"ready": ready, "checks": checks})
     response.status_code = 200 if ready else 503
@@ -74,10 +69,10 @@ def readiness_checks(router: ModelRouter, max_queue: int) -> dict[str, dict[str,
 @bp.get("/metrics")
 def metrics() -> Response:
     """Prometheus exposition of the web tier and the queue."""
-    settings: AppSettings = current_app.extensions["queuenet.settings"]
+    settings = components.settings()
     body = render(
-        _router().backend,
-        _router().keys,
+        components.router().backend,
+        components.router().keys,
         settings.prometheus_multiproc_dir,
     )
     return Response(body, content_type=CONTENT_TYPE_LATEST)  # it carries its own charset
@@ -86,5 +81,5 @@ def metrics() -> Response:
 @bp.get("/openapi.json")
 def openapi() -> Response:
     """The OpenAPI 3.1 description of this server's API, with this deployment's limits."""
-    settings: AppSettings = current_app.extensions["queuenet.settings"]
+    settings = components.settings()
     return jsonify(openapi_document(settings))

@@ -8,34 +8,18 @@ import time
 from typing import Any
 
 import numpy as np
-from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 
+from app import components
 from app.errors import APIError, InvalidImageError, InvalidRequestError
 from app.preprocess import ImageDecodeError, image_to_input
-from app.queueing import PredictionService
-from app.routing import ModelRouter
-from app.settings import AppSettings
+from app.protocols import inference
 from app.uploads import IMAGE_FIELD, Uploads, read_uploads
 from protocol.messages import ModelCard, PredictResult
 
 logger = logging.getLogger(__name__)
 
 bp = Blueprint("api", __name__)
-
-
-def _settings() -> AppSettings:
-    settings: AppSettings = current_app.extensions["queuenet.settings"]
-    return settings
-
-
-def _service() -> PredictionService:
-    service: PredictionService = current_app.extensions["queuenet.service"]
-    return service
-
-
-def _router() -> ModelRouter:
-    router: ModelRouter = current_app.extensions["queuenet.router"]
-    return router
 
 
 @bp.get("/healthz")
@@ -65,18 +49,18 @@ def predict_with_version(name: str, version: str) -> Response:
 
 
 def _predict(model: str | None = None, version: str | None = None) -> Response:
-    settings = _settings()
+    settings = components.settings()
     deadline = time.time() + settings.predict_timeout_s
     uploads = read_uploads(request, max_images=settings.max_images_per_request)
-    target = _router().resolve(model, version)
-    g.model, g.version = target.model, target.version
+    target = inference.resolve(model, version)
     card = target.card
     top_k = _top_k(uploads.top_k, settings.default_top_k, card.num_labels)
     prepared = [_prepare(data, i, uploads, card) for i, data in enumerate(uploads.images)]
     arrays = [p for p in prepared if isinstance(p, np.ndarray)]
-    service = _service()
     answers = iter(
-        service.predict(target, arrays, top_k=top_k, deadline=deadline) if arrays else []
+        components.service().predict(target, arrays, top_k=top_k, deadline=deadline)
+        if arrays
+        else []
     )
     outcomes = [next(answers) if isinstance(p, np.ndarray) else p for p in prepared]
     if not uploads.many:
@@ -92,7 +76,7 @@ def _predict(model: str | None = None, version: str | None = None) -> Response:
 def _prepare(data: bytes, index: int, uploads: Uploads, card: ModelCard) -> np.ndarray | APIError:
     where = f"image {index + 1}" if uploads.many else f"field '{IMAGE_FIELD}'"
     try:
-        settings = _settings()
+        settings = components.settings()
         return image_to_input(
             data, card, max_pixels=settings.max_image_pixels, jpeg_draft=settings.jpeg_draft
         )

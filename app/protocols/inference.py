@@ -12,16 +12,15 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from flask import current_app, g, request
+from flask import g, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from app.components import router, service, settings
 from app.errors import APIError, InvalidImageError, InvalidRequestError
 from app.preprocess import ImageDecodeError, image_to_input
 from app.protocols.encodings import ContentEncodingError, DecodedTooLargeError, decode_body
-from app.queueing import PredictionService
 from app.redis_errors import redis_errors_as_503
-from app.routing import ModelRouter, Target
-from app.settings import AppSettings
+from app.routing import Target
 from app.uploads import too_large_message
 from protocol.messages import PredictResult
 from protocol.status import VersionStatus, version_status
@@ -35,19 +34,10 @@ class Answer:
     results: list[PredictResult]
 
 
-def settings() -> AppSettings:
-    value: AppSettings = current_app.extensions["queuenet.settings"]
-    return value
-
-
-def router() -> ModelRouter:
-    value: ModelRouter = current_app.extensions["queuenet.router"]
-    return value
-
-
-def resolve(model: str, version: str | None) -> Target:
-    """The version a request for ``model`` goes to (``version`` None: by the model's route,
-    canary included), with its card; records it for the log line and the headers."""
+def resolve(model: str | None, version: str | None) -> Target:
+    """The version a request for ``model`` (None: the default model) goes to (``version``
+    None: by the model's route, canary included), with its card; records it for the log line
+    and the headers."""
     target = router().resolve(model, version)
     g.model, g.version = target.model, target.version
     return target
@@ -109,8 +99,7 @@ def classify(target: Target, images: list[bytes], *, top_k: int, deadline: float
     and wait for their results; the first image that failed fails the request."""
     check_image_count(len(images))
     arrays = [_prepare(data, i, len(images), target) for i, data in enumerate(images)]
-    service: PredictionService = current_app.extensions["queuenet.service"]
-    outcomes = service.predict(target, arrays, top_k=top_k, deadline=deadline)
+    outcomes = service().predict(target, arrays, top_k=top_k, deadline=deadline)
     results = []
     for i, outcome in enumerate(outcomes):
         if isinstance(outcome, APIError):

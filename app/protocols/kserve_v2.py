@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 from flask import Blueprint, Response, request
 
+from app import components
 from app.errors import InvalidRequestError
 from app.ops import readiness_checks
 from app.protocols import inference
@@ -69,8 +70,8 @@ def live() -> Response:
 def ready() -> Response:
     """Readiness of the server: ``/readyz``'s checks (the default model's serving version has a
     model card, a live worker and room in its queue); 503 with the failed checks' reasons."""
-    settings = inference.settings()
-    checks = readiness_checks(inference.router(), settings.max_queue)
+    settings = components.settings()
+    checks = readiness_checks(components.router(), settings.max_queue)
     failed = [f"{name}: {c['error']}" for name, c in checks.items() if not c["ok"]]
     if failed:
         return json_response({"ready": False, "error": "; ".join(failed)}, 503)
@@ -97,7 +98,7 @@ def _server_version() -> str:
 def model_metadata(model: str, version: str | None = None) -> Response:
     """One BYTES input of encoded images, shape ``[-1]``; one FP32 output ``[-1, classes]``."""
     target = inference.describe(model, version)
-    versions = list(inference.router().catalog().versions[model])
+    versions = list(components.router().catalog().versions[model])
     return json_response(
         {
             "name": model,
@@ -117,7 +118,7 @@ def model_ready(model: str, version: str | None = None) -> Response:
     """200 when the version (without one: the serving version) has a model card and a live
     worker; 503 with the reason when not; 404 for an unknown model or version."""
     if version is None:
-        route = inference.router().catalog().routes.get(model)
+        route = components.router().catalog().routes.get(model)
         version = None if route is None else route.serving
     _, statuses = inference.status(model, version)
     if version is None or not statuses or not statuses[0].ready:

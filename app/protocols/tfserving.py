@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 from flask import Blueprint, Response
 
+from app import components
 from app.errors import InvalidRequestError
 from app.protocols import inference
 from app.protocols.tfserving_messages import (
@@ -98,7 +99,7 @@ def classify(model: str, version: str | None = None) -> Response:
     except TFServingRequestError as exc:
         raise InvalidRequestError(str(exc)) from None
     target = inference.resolve(model, version)
-    top_k = min(inference.settings().default_top_k, target.card.num_labels)
+    top_k = min(components.settings().default_top_k, target.card.num_labels)
     answer = inference.classify(target, images, top_k=top_k, deadline=inference.deadline_from(None))
     result = [[[p.label, p.probability] for p in r.predictions] for r in answer.results]
     return json_response({"result": result})
