@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.run import free_port
 from protocol.backend import Backend, connect_backend
 from protocol.messages import PredictRequest, PredictResult, encode_request, encode_result
 from protocol.queue import Answer
@@ -190,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[int, list[Figures]] = {1: [], 3: []}
     with tempfile.TemporaryDirectory() as tmp:
         servers = [
-            EmbeddedRedis(Path(tmp) / f"redis-{i}", port=_free_port(), binary=args.redis_server)
+            EmbeddedRedis(Path(tmp) / f"redis-{i}", port=free_port(), binary=args.redis_server)
             for i in range(3)
         ]
         for server in servers:
@@ -236,14 +237,6 @@ def _version(binary: str) -> str:
         [binary or find_redis_server(), "--version"], capture_output=True, text=True, check=False
     ).stdout
     return text.split(" sha=")[0].strip() or "redis-server"
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ import logging
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from pathlib import Path
 import redis
 import requests
 
+from bench.run import free_port
 from protocol.inspection import Inspector
 from protocol.keys import Keys
 from queuenet.embedded_redis import EmbeddedRedis
@@ -49,12 +49,6 @@ class Tally:
     lost: int = 0
     timed_out_ids: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Cluster:

@@ -18,7 +18,6 @@ import argparse
 import logging
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,6 +26,8 @@ import time
 from pathlib import Path
 
 import requests
+
+from bench.run import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PHOTOS = [ROOT / "tests" / "data" / "chelsea.png", ROOT / "tests" / "data" / "coffee.png"]
@@ -56,12 +57,6 @@ def baseline_ms(cache_dir: Path, rounds: int) -> list[float]:
         model.predictor.predict(array[None])
         timings.append((time.perf_counter() - started) * 1000)
     return timings
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def service_ms(cache_dir: Path, rounds: int, log_path: Path) -> tuple[float, float, list[float]]:
