@@ -190,7 +190,7 @@ class Queue:
 
     def items(self) -> list[bytes]:
         """Everything waiting, head first (for inspection and tests; never on a hot path)."""
-        return [_as_bytes(item) for item in self.client.lrange(self.keys.queue(), 0, -1)]
+        return [as_bytes(item) for item in self.client.lrange(self.keys.queue(), 0, -1)]
 
     def peek_result(self, job_id: str) -> tuple[list[bytes], int]:
         """The result list of ``job_id`` without taking it, and its TTL in seconds (-2: no
@@ -199,7 +199,7 @@ class Queue:
             pipe.lrange(self.keys.result(job_id), 0, -1)
             pipe.ttl(self.keys.result(job_id))
             items, ttl_s = pipe.execute()
-        return [_as_bytes(item) for item in items], int(ttl_s)
+        return [as_bytes(item) for item in items], int(ttl_s)
 
     def wait_result(self, job_id: str, timeout_s: float) -> bytes | None:
         """Block until the result for ``job_id`` arrives, at most ``timeout_s`` seconds."""
@@ -207,7 +207,7 @@ class Queue:
             return None
         # BLPOP takes the timeout in seconds with millisecond resolution; 0 would mean forever.
         reply = self.client.blpop([self.keys.result(job_id)], timeout=max(timeout_s, 0.001))
-        return None if reply is None else _as_bytes(reply[1])
+        return None if reply is None else as_bytes(reply[1])
 
     # --- worker side -------------------------------------------------------------------------
 
@@ -225,7 +225,7 @@ class Queue:
             for _ in range(count):
                 pipe.lmove(*keys, "LEFT", "RIGHT")
             moved = pipe.execute()
-        return [_as_bytes(item) for item in moved if item is not None]
+        return [as_bytes(item) for item in moved if item is not None]
 
     def block_claim(
         self,
@@ -321,7 +321,7 @@ class Queue:
     ) -> list[bytes]:
         """The item a BLMOVE returned (if any) and up to ``max_items`` in all, claiming the
         ``queued`` items that were behind it (some may go to other workers meanwhile)."""
-        items = [] if first is None else [_as_bytes(first)]
+        items = [] if first is None else [as_bytes(first)]
         room = max_items - len(items)
         if queued > 0 and room > 0:
             items.extend(self.claim(worker_name, min(queued, room)))
@@ -367,5 +367,6 @@ class Queue:
         return int(self._answer(keys=keys, args=args))
 
 
-def _as_bytes(value: bytes | str) -> bytes:
+def as_bytes(value: bytes | str) -> bytes:
+    """A Redis reply as bytes (redis-py types its replies as ``bytes | str``)."""
     return value if isinstance(value, bytes) else value.encode("utf-8")

@@ -28,7 +28,14 @@ import redis
 from protocol.backend import Backend
 from protocol.keys import Keys
 from protocol.messages import ModelCard
-from protocol.queue import FILL_SAFETY_MARGIN_S, Answer, Queue, Registration, fill_batch
+from protocol.queue import (
+    FILL_SAFETY_MARGIN_S,
+    Answer,
+    Queue,
+    Registration,
+    as_bytes,
+    fill_batch,
+)
 from protocol.routing import ModelDirectory
 from protocol.workers import WorkerRegistry
 
@@ -344,7 +351,7 @@ class ShardedQueue:
             raise
         wait.node.connection_pool.release(wait.conn)
         self.health.ok(wait.shard)
-        return (None if first is None else _as_bytes(first)), depth
+        return (None if first is None else as_bytes(first)), depth
 
     def _drop(self, wait: _Wait, exc: Exception | None) -> None:
         """A connection whose replies are unknown is never handed back half-read."""
@@ -523,7 +530,3 @@ def directory_for(backend: Backend, keys: Keys) -> ModelDirectory:
         keys,
         registry_of=lambda model, version: ShardedRegistry(backend, keys, model, version, health),
     )
-
-
-def _as_bytes(value: bytes | str) -> bytes:
-    return value if isinstance(value, bytes) else value.encode("utf-8")

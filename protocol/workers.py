@@ -17,6 +17,7 @@ import redis
 from protocol.errors import MessageDecodeError
 from protocol.keys import VersionKeys
 from protocol.messages import ModelCard, decode_model_card, encode_model_card
+from protocol.queue import as_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ class WorkerRegistry:
             pipe.execute()
 
     def _registered_workers(self) -> list[str]:
-        return [_as_bytes(n).decode() for n in self.client.smembers(self.keys.workers())]
+        return [as_bytes(n).decode() for n in self.client.smembers(self.keys.workers())]
 
     def live_workers(self) -> list[str]:
         """Registered workers whose heartbeat has not expired."""
@@ -141,15 +142,15 @@ class WorkerRegistry:
     def held_items(self, worker_name: str) -> list[bytes]:
         """The items a worker holds, in claim order (for inspection and tests)."""
         items = self.client.lrange(self.keys.processing(worker_name), 0, -1)
-        return [_as_bytes(item) for item in items]
+        return [as_bytes(item) for item in items]
 
     def dead_items(self) -> list[bytes]:
-        return [_as_bytes(item) for item in self.client.lrange(self.keys.dead(), 0, -1)]
+        return [as_bytes(item) for item in self.client.lrange(self.keys.dead(), 0, -1)]
 
     def owner(self, worker_name: str) -> bytes | None:
         """The owner token of a worker name (None: nobody owns it)."""
         token = self.client.get(self.keys.owner(worker_name))
-        return None if token is None else _as_bytes(token)
+        return None if token is None else as_bytes(token)
 
     def registered(self) -> list[str]:
         """Worker names that may own a processing list, alive or not."""
@@ -174,7 +175,3 @@ class WorkerRegistry:
 
     def dead_letters(self) -> int:
         return int(self.client.llen(self.keys.dead()))
-
-
-def _as_bytes(value: bytes | str) -> bytes:
-    return value if isinstance(value, bytes) else value.encode("utf-8")
