@@ -12,7 +12,7 @@ from flask import Blueprint, Response, jsonify, request
 
 from app import components
 from app.errors import APIError, InvalidImageError, InvalidRequestError
-from app.preprocess import ImageDecodeError, image_to_input
+from app.preprocess import ImageDecodeError
 from app.protocols import inference
 from app.uploads import IMAGE_FIELD, Uploads, read_uploads
 from protocol.messages import ModelCard, PredictResult
@@ -76,10 +76,7 @@ def _predict(model: str | None = None, version: str | None = None) -> Response:
 def _prepare(data: bytes, index: int, uploads: Uploads, card: ModelCard) -> np.ndarray | APIError:
     where = f"image {index + 1}" if uploads.many else f"field '{IMAGE_FIELD}'"
     try:
-        settings = components.settings()
-        return image_to_input(
-            data, card, max_pixels=settings.max_image_pixels, jpeg_draft=settings.jpeg_draft
-        )
+        return inference.prepare_image(data, card)
     except ImageDecodeError as exc:
         return InvalidImageError(f"{where}: {exc}")
 

@@ -22,7 +22,7 @@ from app.protocols.encodings import ContentEncodingError, DecodedTooLargeError, 
 from app.redis_errors import redis_errors_as_503
 from app.routing import Target
 from app.uploads import too_large_message
-from protocol.messages import PredictResult
+from protocol.messages import ModelCard, PredictResult
 from protocol.status import VersionStatus, version_status
 
 
@@ -121,12 +121,18 @@ def check_image_count(count: int) -> None:
         )
 
 
-def _prepare(data: bytes, index: int, count: int, target: Target) -> np.ndarray:
+def prepare_image(data: bytes, card: ModelCard) -> np.ndarray:
+    """One image as ``card``'s model takes it, within this server's limits (pixel count,
+    opt-in JPEG draft); raises ``ImageDecodeError``. ``POST /predict`` prepares by it too."""
     limits = settings()
+    return image_to_input(
+        data, card, max_pixels=limits.max_image_pixels, jpeg_draft=limits.jpeg_draft
+    )
+
+
+def _prepare(data: bytes, index: int, count: int, target: Target) -> np.ndarray:
     try:
-        return image_to_input(
-            data, target.card, max_pixels=limits.max_image_pixels, jpeg_draft=limits.jpeg_draft
-        )
+        return prepare_image(data, target.card)
     except ImageDecodeError as exc:
         where = f"image {index + 1} of {count}" if count > 1 else "the image"
         raise InvalidImageError(f"{where}: {exc}") from None
