@@ -108,6 +108,8 @@ class _Wait:
     node: Any
     conn: Any
     client_id: int = 0
+    registration_replies: int = 0
+    """Replies to the registration sent ahead of the BLMOVE, still to be read."""
 
 
 class ShardedQueue:
@@ -296,13 +298,14 @@ class ShardedQueue:
                     conn.send_command("CLIENT", "ID")
                     conn._queuenet_client_id = (conn._sock, int(conn.read_response()))
                 wait.client_id = conn._queuenet_client_id[1]
-                # Registration on claim (protocol.queue.Registration); its replies are
-                # read now, so that the next reply on this connection is the BLMOVE's.
+                # Registration on claim (protocol.queue.Registration), sent ahead of the
+                # BLMOVE; Redis answers it before the BLMOVE blocks. Its replies are read once
+                # every shard's wait is sent (one round trip for all of them), so that the
+                # next reply on each connection is the BLMOVE's.
                 registering = registration.commands(queue.keys, worker_name) if registration else []
                 for command in registering:
                     conn.send_command(*command)
-                for _ in registering:
-                    conn.read_response()
+                wait.registration_replies = len(registering)
                 conn.send_command(
                     "BLMOVE",
                     queue.keys.queue(),
@@ -318,14 +321,34 @@ class ShardedQueue:
                 self._drop(wait, exc)
                 continue
             except BaseException:
-                # An error reply (WRONGTYPE, NOPERM, MOVED...) or an interruption: no
-                # connection goes back to the pool half-read, none stays checked out.
-                self._drop(wait, None)
-                for sent in waits:
-                    self._drop(sent, None)
+                self._drop_all([*waits, wait])
                 raise
             waits.append(wait)
-        return waits
+        return self._read_registrations(waits)
+
+    def _read_registrations(self, waits: list[_Wait]) -> list[_Wait]:
+        """Read each wait's registration replies (sent ahead of its BLMOVE); a shard that
+        fails now is dropped like one that failed to take the wait."""
+        kept = []
+        for wait in waits:
+            try:
+                for _ in range(wait.registration_replies):
+                    wait.conn.read_response()
+            except SHARD_ERRORS as exc:
+                self._drop(wait, exc)
+                continue
+            except BaseException:
+                self._drop_all(waits)
+                raise
+            wait.registration_replies = 0
+            kept.append(wait)
+        return kept
+
+    def _drop_all(self, waits: list[_Wait]) -> None:
+        """An error reply (WRONGTYPE, NOPERM, MOVED...) or an interruption: no connection goes
+        back to the pool half-read, none stays checked out."""
+        for wait in waits:
+            self._drop(wait, None)
 
     def _wait_readable(self, waits: list[_Wait], wait_s: float) -> None:
         """Until one shard's reply is there or ``wait_s`` passed; then unblock the rest (Redis
